@@ -1,0 +1,271 @@
+"""The project file: one YAML holding the taxonomy, source, tiers, routing, people, budget and prices.
+
+It is validated with pydantic before anything runs; an invalid file raises ProjectFileError naming
+the file, the key and why. Nothing else in the code hard-codes a model, a price or a threshold.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from labeling_dagster.core.pricing import ModelPrice, PriceCatalog, builtin_catalog
+
+MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class ProjectFileError(ValueError):
+    """The project file cannot be used; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelDef(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    examples: list[str] = []
+
+
+class Taxonomy(_Strict):
+    labels: list[LabelDef] = Field(min_length=2)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, labels: list[LabelDef]) -> list[LabelDef]:
+        seen: set[str] = set()
+        for label in labels:
+            if label.name in seen:
+                raise ValueError(f"label {label.name!r} is listed twice")
+            seen.add(label.name)
+        return labels
+
+    @property
+    def names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    def definition(self, name: str) -> str:
+        for label in self.labels:
+            if label.name == name:
+                return label.description
+        return ""
+
+
+class Source(_Strict):
+    """Where a month's items come from: `path` is a glob relative to the project folder in which
+    `{month}` stands for YYYY-MM, e.g. `inbox/{month}*.csv`."""
+
+    path: str
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    id_column: str = "id"
+    text_column: str = "text"
+    metadata_columns: list[str] = []
+    start_month: str = Field(description="first monthly partition, YYYY-MM")
+
+    @field_validator("path")
+    @classmethod
+    def _has_month(cls, path: str) -> str:
+        if "{month}" not in path:
+            raise ValueError("must contain {month}, e.g. inbox/{month}*.csv, so each month finds its own files")
+        return path
+
+    @field_validator("start_month")
+    @classmethod
+    def _month(cls, value: str) -> str:
+        if not MONTH_RE.match(value):
+            raise ValueError(f"{value!r} is not a month; write YYYY-MM, e.g. 2026-08")
+        return value
+
+
+class LabeledFile(_Strict):
+    """A CSV of human-verified labels (the seed set the local models learn from, or the golden set)."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class PromptOptions(_Strict):
+    instructions: str = "Label each item with exactly one label from the taxonomy."
+    few_shot_per_label: int = Field(default=0, ge=0, le=10)
+    with_reason: bool = True
+
+
+class TierConfig(_Strict):
+    """One tier: who answers, with which model and prompt, how many items per call."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    role: Literal["first_pass", "qa", "adjudication"]
+    provider: Literal["local", "openai", "anthropic"]
+    model: str
+    items_per_request: int = Field(default=10, ge=1, le=200)
+    prompt: PromptOptions = PromptOptions()
+    options: dict[str, Any] = Field(default_factory=dict, description="provider-specific settings")
+
+
+class MetadataRule(_Strict):
+    """Items matching the rule always go to people: `column` is a metadata column or `text`."""
+
+    column: str
+    equals: str | None = None
+    one_of: list[str] | None = None
+    contains: str | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> MetadataRule:
+        given = [x for x in (self.equals, self.one_of, self.contains) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of equals, one_of, contains")
+        return self
+
+
+class Routing(_Strict):
+    """Confidence bands of the first pass, and what QA and adjudication must reach to settle an item.
+
+    first-pass confidence >= accept_at: accepted; >= qa_at: QA; >= adjudicate_at: adjudication;
+    below: people. QA settles an item when it agrees with the first pass at qa_accept_at or more;
+    adjudication settles it at adjudication_accept_at or more. Anything unsettled goes to people.
+    """
+
+    accept_at: float = Field(default=0.90, ge=0, le=1)
+    qa_at: float = Field(default=0.75, ge=0, le=1)
+    adjudicate_at: float = Field(default=0.50, ge=0, le=1)
+    qa_accept_at: float = Field(default=0.80, ge=0, le=1)
+    adjudication_accept_at: float = Field(default=0.70, ge=0, le=1)
+    always_human_labels: list[str] = []
+    always_human_when: list[MetadataRule] = []
+    audit_rate: float = Field(default=0.0, ge=0, le=1, description="share of accepted items sent to QA anyway")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Routing:
+        if not self.adjudicate_at <= self.qa_at <= self.accept_at:
+            raise ValueError(
+                f"bands must satisfy adjudicate_at <= qa_at <= accept_at, got "
+                f"{self.adjudicate_at} / {self.qa_at} / {self.accept_at}"
+            )
+        return self
+
+
+class HumanReview(_Strict):
+    hourly_rate_usd: float = Field(default=25.0, ge=0)
+    reviews_per_hour: float = Field(default=300.0, gt=0)
+    annotators_per_item: int = Field(default=1, ge=1, le=5)
+
+    @property
+    def usd_per_review(self) -> float:
+        return self.hourly_rate_usd / self.reviews_per_hour
+
+
+class Budget(_Strict):
+    monthly_usd: float = Field(ge=0)
+    on_exceeded: Literal["queue", "fail"] = "queue"
+
+
+class Project(_Strict):
+    name: str
+    taxonomy: Taxonomy
+    source: Source
+    seed_set: LabeledFile | None = None
+    golden_set: LabeledFile | None = None
+    tiers: list[TierConfig] = Field(min_length=1)
+    routing: Routing = Routing()
+    human_review: HumanReview = HumanReview()
+    budget: Budget
+    prices: dict[str, ModelPrice] = {}
+    warehouse: str = Field(default="warehouse.duckdb", description="DuckDB file, relative to the project folder")
+    exports_dir: str = "exports"
+
+    _root: Path = PrivateAttr(default=Path("."))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Project:
+        roles = [tier.role for tier in self.tiers]
+        order = ["first_pass", "qa", "adjudication"]
+        if roles[0] != "first_pass":
+            raise ValueError("tiers: the first tier must have role first_pass")
+        if len(set(roles)) != len(roles) or roles != sorted(roles, key=order.index):
+            raise ValueError(f"tiers: roles must be distinct and in the order {order}, got {roles}")
+        if len({tier.name for tier in self.tiers}) != len(self.tiers):
+            raise ValueError("tiers: each tier needs its own name")
+        names = set(self.taxonomy.names)
+        unknown = [label for label in self.routing.always_human_labels if label not in names]
+        if unknown:
+            raise ValueError(f"routing.always_human_labels: {unknown} are not in the taxonomy")
+        columns = {"text", *self.source.metadata_columns}
+        for rule in self.routing.always_human_when:
+            if rule.column not in columns:
+                raise ValueError(
+                    f"routing.always_human_when: column {rule.column!r} is not `text` or one of "
+                    f"source.metadata_columns {self.source.metadata_columns}"
+                )
+        catalog = self.price_catalog
+        for tier in self.tiers:
+            if tier.provider != "local" and tier.model not in catalog.models:
+                raise ValueError(
+                    f"tiers.{tier.name}.model: no price for {tier.model!r}; add it under `prices:`"
+                )
+        if any(tier.provider == "local" for tier in self.tiers) and self.seed_set is None:
+            raise ValueError("seed_set: a local tier needs a labeled seed set to learn from")
+        return self
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @cached_property
+    def price_catalog(self) -> PriceCatalog:
+        return builtin_catalog().with_overrides(self.prices)
+
+    def tier(self, role: str) -> TierConfig | None:
+        return next((tier for tier in self.tiers if tier.role == role), None)
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self._root / path
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.resolve(self.warehouse)
+
+    @property
+    def exports_path(self) -> Path:
+        return self.resolve(self.exports_dir)
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid project file ({error.error_count()} problem(s)):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_project(path: str | Path) -> Project:
+    """Read and validate a project file (or a folder holding project.yaml)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "project.yaml"
+    if not path.exists():
+        raise ProjectFileError(f"{path}: no such project file; pass a folder with project.yaml or the file itself")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ProjectFileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ProjectFileError(f"{path}: expected a mapping of keys (name, taxonomy, source, tiers, ...)")
+    try:
+        project = Project.model_validate(raw)
+    except ValidationError as exc:
+        raise ProjectFileError(_format_errors(path, exc)) from None
+    project._root = path.parent.resolve()
+    for key, labeled in (("seed_set", project.seed_set), ("golden_set", project.golden_set)):
+        if labeled is not None and not project.resolve(labeled.path).exists():
+            raise ProjectFileError(f"{path}: {key}.path: file {project.resolve(labeled.path)} does not exist")
+    return project
