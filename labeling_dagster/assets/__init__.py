@@ -1,0 +1,17 @@
+"""The monthly flow, one module per stage, in the order the data moves."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from labeling_dagster.assets import cost_ledger, final_labels, raw_items, review_queue, tiers
+
+
+def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    return [
+        raw_items.build(partitions),
+        *tiers.build_all(partitions),  # first_pass_labels, qa_labels, adjudicated_labels
+        review_queue.build(partitions),
+        final_labels.build(partitions),
+        cost_ledger.build(partitions),
+    ]

@@ -1,0 +1,94 @@
+"""Stage 7: what the month cost, by tier and model, with human review, against the budget."""
+
+import dagster as dg
+import pandas as pd
+
+from labeling_dagster import checks
+from labeling_dagster.assets.common import monthly_asset_args, months_in
+from labeling_dagster.assets.review_queue import TIER_TABLES
+from labeling_dagster.resources.project import ProjectResource
+from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
+
+# Each call is counted once per month, at what it cost when it was paid; a call first paid in another
+# month (the same batch seen again) costs this month nothing and shows only as reused.
+MODEL_ROWS = """
+    WITH used AS (
+        SELECT DISTINCT tier, provider, model, call_id, reused FROM incoming_labels WHERE call_id IS NOT NULL
+    ), items AS (
+        SELECT tier, provider, model, COUNT(DISTINCT item_id) AS items FROM incoming_labels GROUP BY ALL
+    )
+    SELECT u.tier, u.provider, u.model, any_value(i.items) AS items,
+           COUNT(*) AS calls, COUNT(*) FILTER (WHERE u.reused) AS calls_reused,
+           COALESCE(SUM(c.input_tokens), 0) AS input_tokens,
+           COALESCE(SUM(c.cached_input_tokens), 0) AS cached_input_tokens,
+           COALESCE(SUM(c.output_tokens), 0) AS output_tokens,
+           COALESCE(SUM(c.compute_s), 0) AS compute_s,
+           COALESCE(SUM(c.usd) FILTER (WHERE c.month = $month), 0) AS usd,
+           COALESCE(SUM(c.usd) FILTER (WHERE c.month = $month AND u.reused), 0) AS usd_reused
+    FROM used u JOIN items i USING (tier, provider, model)
+    LEFT JOIN model_calls c ON c.call_id = u.call_id
+    GROUP BY ALL ORDER BY u.tier
+"""
+
+
+def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        **monthly_asset_args(partitions),
+        deps=[*TIER_TABLES, "review_queue", "final_labels"],
+        check_specs=checks.ledger_specs("cost_ledger"),
+        kinds={"duckdb"},
+    )
+    def cost_ledger(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
+        """Per month: one `model` row per tier and model (items, calls, calls served from the call cache,
+        tokens as the provider reported them, compute seconds, USD, and the USD of reused calls, which
+        the latest run did not pay again), one `human` row (the review queue x annotators x hourly rate
+        / reviews per hour), and a `total` row; each row carries the month's budget."""
+        spec = project.load()
+        review = spec.human_review
+        rows = []
+        with warehouse.session() as conn:
+            for month, window in months_in(context.partition_time_window):
+                stamp = naive_utc(window.start)
+                labels = pd.concat([read_window(conn, table, window) for table in TIER_TABLES], ignore_index=True)
+                if len(labels):
+                    conn.register("incoming_labels", labels)
+                    model = conn.execute(MODEL_ROWS, {"month": stamp}).df()
+                    conn.unregister("incoming_labels")
+                else:
+                    model = pd.DataFrame()
+                model = model.assign(kind="model")
+                queued = len(read_window(conn, "review_queue", window))
+                reviews = queued * review.annotators_per_item
+                human = pd.DataFrame([{
+                    "kind": "human", "tier": "human_review", "provider": "people",
+                    "model": f"${review.hourly_rate_usd:g}/h at {review.reviews_per_hour:g} reviews/h",
+                    "items": queued, "calls": reviews, "usd": reviews * review.usd_per_review,
+                }])
+                parts = pd.concat([model, human], ignore_index=True)
+                total = {"kind": "total", "tier": "total", "provider": "", "model": "", "items": None,
+                         **{c: parts[c].fillna(0).sum() for c in ("calls", "calls_reused", "input_tokens",
+                            "cached_input_tokens", "output_tokens", "compute_s", "usd", "usd_reused")}}
+                month_rows = pd.concat([parts, pd.DataFrame([total])], ignore_index=True)
+                month_rows["month"] = stamp
+                month_rows["budget_usd"] = spec.budget.monthly_usd
+                rows.append(month_rows)
+            ledger = pd.concat(rows, ignore_index=True)
+            for column in ("calls_reused", "input_tokens", "cached_input_tokens", "output_tokens"):
+                ledger[column] = ledger[column].fillna(0).astype("int64")
+            ledger[["compute_s", "usd_reused"]] = ledger[["compute_s", "usd_reused"]].fillna(0.0)
+            replace_window(conn, "cost_ledger", ledger, context.partition_time_window)
+        shown = ledger[["month", "kind", "tier", "model", "items", "calls", "calls_reused", "usd"]].assign(
+            month=ledger["month"].dt.strftime("%Y-%m"), usd=ledger["usd"].round(4))
+        totals = ledger[ledger["kind"] == "total"]
+        return dg.MaterializeResult(
+            metadata={
+                "total_usd": dg.MetadataValue.float(round(float(totals["usd"].sum()), 6)),
+                "model_usd": dg.MetadataValue.float(round(float(ledger[ledger["kind"] == "model"]["usd"].sum()), 6)),
+                "human_usd": dg.MetadataValue.float(round(float(ledger[ledger["kind"] == "human"]["usd"].sum()), 6)),
+                "budget_usd": spec.budget.monthly_usd,
+                "ledger": dg.MetadataValue.md(shown.to_markdown(index=False)),
+            },
+            check_results=[checks.ledger_sums(ledger), checks.within_budget(ledger, spec.budget.monthly_usd)],
+        )
+
+    return cost_ledger

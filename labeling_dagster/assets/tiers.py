@@ -1,0 +1,172 @@
+"""Stages 2-4: the model tiers. Each labels the items routed to it, through the call cache, and
+decides with the routing bands where each item goes next (accepted, QA, adjudication, people)."""
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import dagster as dg
+import pandas as pd
+
+from labeling_dagster.assets.common import items_from, markdown_table, monthly_asset_args, months_in
+from labeling_dagster.core import routing
+from labeling_dagster.core.labels import Answer, Item, PriorAnswer
+from labeling_dagster.core.runner import run_tier
+from labeling_dagster.project import Project
+from labeling_dagster.resources.local_model import LocalModelProvider
+from labeling_dagster.resources.project import ProjectResource
+from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, naive_utc, read_window, replace_window
+
+
+@dataclass(frozen=True)
+class Stage:
+    asset: str
+    role: str
+    upstream: list[str]
+    doc: str
+
+
+STAGES = [
+    Stage(
+        "first_pass_labels",
+        "first_pass",
+        ["raw_items"],
+        """One row per item of the month: the first-pass tier's label, confidence, reason and
+        alternatives (or why it gave none), the call that produced it, and where the item goes next
+        (accept, qa, adjudication, human) with the reason. Read by qa_labels, review_queue, final_labels.""",
+    ),
+    Stage(
+        "qa_labels",
+        "qa",
+        ["raw_items", "first_pass_labels"],
+        """One row per item the first pass sent to QA (QA band, random audit, first-pass failures):
+        the QA tier's answer, given the first-pass answer, and where the item goes next.""",
+    ),
+    Stage(
+        "adjudicated_labels",
+        "adjudication",
+        ["raw_items", "first_pass_labels", "qa_labels"],
+        """One row per item sent to the premium adjudicator (its band, QA disagreements): its answer,
+        given the earlier answers, and whether it settles the item or sends it to people.""",
+    ),
+]
+
+
+def _answer(row) -> Answer | None:
+    if row is None or pd.isna(row["label"]):
+        return None
+    return Answer(row["item_id"], row["label"], float(row["confidence"]), row["reason"] or "")
+
+
+def _routed(frame: pd.DataFrame, step: str) -> set[str]:
+    return set(frame.loc[frame["next_step"] == step, "item_id"]) if len(frame) else set()
+
+
+def _select(stage: Stage, conn, window: dg.TimeWindow, items: list[Item]):
+    """The items this stage labels, the earlier answers it is shown, and how to route its answers."""
+    if stage.role == "first_pass":
+        return items, {}, {}
+    earlier = {name: read_window(conn, name, window) for name in stage.upstream[1:]}
+    wanted = set().union(*(_routed(frame, stage.role) for frame in earlier.values()))
+    prior: dict[str, list[PriorAnswer]] = {}
+    answers: dict[str, dict[str, Answer | None]] = {}
+    for frame in earlier.values():
+        for row in frame[frame["item_id"].isin(wanted)].to_dict("records"):
+            prior.setdefault(row["item_id"], []).append(
+                PriorAnswer(row["tier"], None if pd.isna(row["label"]) else row["label"], row["confidence"], row["reason"] or row["failure"] or "")
+            )
+            answers.setdefault(row["item_id"], {})[row["tier"]] = _answer(row)
+    return [item for item in items if item.item_id in wanted], prior, answers
+
+
+def _route(stage: Stage, spec: Project, item: Item, answer, failure, earlier) -> routing.Route:
+    has_qa, has_adjudication = spec.tier("qa") is not None, spec.tier("adjudication") is not None
+    if stage.role == "first_pass":
+        forced = routing.forced_human(spec.routing, item.text, item.metadata)
+        return routing.after_first_pass(
+            spec.routing, item.item_id, answer, failure,
+            forced=forced, has_qa=has_qa, has_adjudication=has_adjudication,
+        )
+    if stage.role == "qa":
+        first = next(iter(earlier.values()), None)
+        return routing.after_qa(spec.routing, answer, failure, first, has_adjudication=has_adjudication)
+    return routing.after_adjudication(spec.routing, answer, failure)
+
+
+def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=stage.asset,
+        deps=stage.upstream,
+        description=stage.doc,
+        **monthly_asset_args(partitions),
+        kinds={"duckdb"},
+    )
+    def tier_labels(
+        context: dg.AssetExecutionContext,
+        project: ProjectResource,
+        warehouse: Warehouse,
+        local_model: LocalModelProvider,
+    ) -> dg.MaterializeResult:
+        spec = project.load()
+        tier = spec.tier(stage.role)
+        providers = {"local": local_model}
+        rows: list[dict] = []
+        totals = {"items": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0, "budget_stopped": 0}
+        with warehouse.session() as conn:
+            for month, window in months_in(context.partition_time_window):
+                items = items_from(read_window(conn, "raw_items", window))
+                todo, prior, earlier = _select(stage, conn, window, items)
+                if tier is None:
+                    if todo:
+                        raise dg.Failure(f"{len(todo)} items were routed to {stage.role} but the project has no {stage.role} tier")
+                    continue
+                if tier.provider not in providers:
+                    raise dg.Failure(f"tier {tier.name}: provider {tier.provider!r} is not available in this deployment")
+                cache = DuckDBCallCache(conn, window.start, context.run_id)
+                price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
+                result = run_tier(
+                    providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=todo, cache=cache,
+                    price=price, budget=spec.budget, spent_before=cache.month_spend(), prior=prior,
+                    on_progress=lambda done, total: context.log.debug(f"{month} {tier.name}: call {done}/{total}"),
+                )
+                for item in todo:
+                    answer = result.answers.get(item.item_id)
+                    failure = None if answer else result.failures.get(item.item_id, "no answer")
+                    route = _route(stage, spec, item, answer, failure, earlier.get(item.item_id, {}))
+                    call_id = result.call_of.get(item.item_id)
+                    rows.append({
+                        "month": naive_utc(window.start), "item_id": item.item_id, "tier": tier.name,
+                        "provider": tier.provider, "model": tier.model, "prompt_version": result.version,
+                        "label": answer.label if answer else None,
+                        "confidence": answer.confidence if answer else None,
+                        "reason": answer.reason if answer else None,
+                        "alternatives": json.dumps(answer.alternatives) if answer else None,
+                        "failure": failure, "call_id": call_id, "reused": call_id in result.reused_calls,
+                        "next_step": route.next_step, "route_reason": route.reason,
+                    })
+                totals["items"] += len(todo)
+                totals["calls_made"] += result.calls_made
+                totals["calls_reused"] += len(result.reused_calls)
+                totals["usd_paid"] += result.usd_paid
+                totals["failures"] += sum(1 for item in todo if item.item_id not in result.answers)
+                totals["budget_stopped"] += result.budget_stopped
+                context.log.info(f"{month} {stage.role}: {len(todo)} items, {result.calls_made} calls made, "
+                                 f"{len(result.reused_calls)} reused, ${result.usd_paid:.4f} paid")
+            frame = pd.DataFrame(rows)
+            replace_window(conn, stage.asset, frame, context.partition_time_window)
+        routes = frame["next_step"].value_counts().rename_axis("next_step").reset_index() if len(frame) else frame
+        return dg.MaterializeResult(
+            metadata={
+                "tier": tier.name if tier else "(none configured)",
+                "model": f"{tier.provider}/{tier.model}" if tier else "",
+                **totals,
+                "usd_paid": dg.MetadataValue.float(round(totals["usd_paid"], 6)),
+                "next_steps": markdown_table(routes),
+            }
+        )
+
+    return tier_labels
+
+
+def build_all(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    return [build(partitions, stage) for stage in STAGES]

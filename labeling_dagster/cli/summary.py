@@ -1,0 +1,91 @@
+"""The per-month summary printed after a run: items, what each tier settled, what went to people,
+accuracy on the golden items, and USD by tier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+from labeling_dagster.core.quality import golden_answers, golden_score
+from labeling_dagster.project import Project
+
+
+@dataclass
+class MonthSummary:
+    month: str
+    items: int = 0
+    rejected: int = 0
+    accepted_by: dict[str, int] = field(default_factory=dict)
+    sent_to_qa: int = 0
+    adjudicated: int = 0
+    queued_for_people: int = 0
+    golden_items: int = 0
+    golden_accuracy: float | None = None
+    usd_by_tier: dict[str, float] = field(default_factory=dict)
+    total_usd: float = 0.0
+    calls_reused: int = 0
+
+
+def _count(conn, sql: str, month: datetime) -> int:
+    return int(conn.execute(sql, [month]).fetchone()[0])
+
+
+def month_summary(conn: duckdb.DuckDBPyConnection, project: Project, month: str) -> MonthSummary:
+    stamp = datetime.strptime(month, "%Y-%m")
+    summary = MonthSummary(month)
+    summary.items = _count(conn, "SELECT COUNT(*) FROM raw_items WHERE month = ?", stamp)
+    summary.rejected = _count(conn, "SELECT COUNT(*) FROM rejected_items WHERE month = ?", stamp)
+    summary.sent_to_qa = _count(conn, "SELECT COUNT(*) FROM qa_labels WHERE month = ?", stamp)
+    summary.adjudicated = _count(conn, "SELECT COUNT(*) FROM adjudicated_labels WHERE month = ?", stamp)
+    summary.queued_for_people = _count(conn, "SELECT COUNT(*) FROM review_queue WHERE month = ?", stamp)
+    accepted = conn.execute(
+        "SELECT decided_by, COUNT(*) FROM final_labels WHERE month = ? AND status = 'labeled' GROUP BY 1 ORDER BY 1",
+        [stamp],
+    ).fetchall()
+    summary.accepted_by = {tier: int(n) for tier, n in accepted}
+    final = conn.execute(
+        """SELECT f.item_id, f.label, f.status, r.content_hash FROM final_labels f
+           JOIN raw_items r USING (month, item_id) WHERE f.month = ?""",
+        [stamp],
+    ).df()
+    score = golden_score(final, golden_answers(project))
+    summary.golden_items, summary.golden_accuracy = score.golden_items, score.accuracy
+    ledger = conn.execute("SELECT kind, tier, usd, calls_reused FROM cost_ledger WHERE month = ?", [stamp]).df()
+    parts = ledger[ledger["kind"] != "total"]
+    summary.usd_by_tier = {row.tier: float(row.usd) for row in parts.itertuples()}
+    summary.total_usd = float(ledger[ledger["kind"] == "total"]["usd"].sum())
+    summary.calls_reused = int(parts["calls_reused"].fillna(0).sum())
+    return summary
+
+
+def summary_frame(summaries: list[MonthSummary]) -> pd.DataFrame:
+    """One column per month, one row per figure: easy to read in a terminal and to diff."""
+    tiers = sorted({tier for s in summaries for tier in s.accepted_by})
+    usd_tiers = list(dict.fromkeys(tier for s in summaries for tier in s.usd_by_tier))
+    rows: dict[str, list] = {"items": [], "rejected rows": []}
+    for tier in tiers:
+        rows[f"accepted by {tier}"] = []
+    rows.update({"sent to QA": [], "adjudicated": [], "queued for people": [], "golden accuracy": []})
+    for tier in usd_tiers:
+        rows[f"USD {tier}"] = []
+    rows["USD total"] = []
+    rows["calls reused from cache"] = []
+    for s in summaries:
+        rows["items"].append(s.items)
+        rows["rejected rows"].append(s.rejected)
+        for tier in tiers:
+            rows[f"accepted by {tier}"].append(s.accepted_by.get(tier, 0))
+        rows["sent to QA"].append(s.sent_to_qa)
+        rows["adjudicated"].append(s.adjudicated)
+        rows["queued for people"].append(s.queued_for_people)
+        rows["golden accuracy"].append(
+            "n/a" if s.golden_accuracy is None else f"{s.golden_accuracy:.3f} (n={s.golden_items})"
+        )
+        for tier in usd_tiers:
+            rows[f"USD {tier}"].append(f"{s.usd_by_tier.get(tier, 0.0):.2f}")
+        rows["USD total"].append(f"{s.total_usd:.2f}")
+        rows["calls reused from cache"].append(s.calls_reused)
+    return pd.DataFrame(rows, index=[s.month for s in summaries]).T

@@ -1,0 +1,46 @@
+"""Accuracy against the golden set: items whose text is a golden item's text are scored against its label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from labeling_dagster.core.labels import content_hash
+from labeling_dagster.project import Project
+
+
+@dataclass(frozen=True)
+class GoldenScore:
+    golden_items: int
+    labeled: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labeled if self.labeled else None
+
+
+def golden_answers(project: Project) -> dict[str, str]:
+    """content hash -> gold label; empty when the project has no golden set."""
+    golden = project.golden_set
+    if golden is None:
+        return {}
+    path: Path = project.resolve(golden.path)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in (golden.text_column, golden.label_column):
+        if column not in frame.columns:
+            raise ValueError(f"{path}: column {column!r} is missing (golden_set.{column})")
+    return {content_hash(text.strip()): label for text, label in zip(frame[golden.text_column], frame[golden.label_column])}
+
+
+def golden_score(final: pd.DataFrame, answers: dict[str, str]) -> GoldenScore:
+    """`final` has content_hash, label and status columns; pending items count as golden but not labeled."""
+    if not answers or not len(final):
+        return GoldenScore(0, 0, 0)
+    gold = final["content_hash"].map(answers)
+    known = final[gold.notna()]
+    labeled = known[known["status"] == "labeled"]
+    correct = int((labeled["label"] == gold[labeled.index]).sum())
+    return GoldenScore(len(known), len(labeled), correct)

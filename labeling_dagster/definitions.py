@@ -1,0 +1,47 @@
+"""The one Definitions object: the monthly assets of the project named by LABELING_PROJECT
+(default: the bundled example), their resources, checks, job and schedule."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import dagster as dg
+
+from labeling_dagster.assets import build_assets
+from labeling_dagster.assets.common import monthly_partitions
+from labeling_dagster.project import load_project
+from labeling_dagster.resources.local_model import LocalModelProvider
+from labeling_dagster.resources.project import ProjectResource
+from labeling_dagster.resources.warehouse import Warehouse
+from labeling_dagster.schedules import monthly_job, monthly_schedule
+
+# Single-run backfills are the policy we want for rate-limited work; Dagster still labels the option beta.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"
+
+
+def build_definitions(project_file: str | Path, warehouse: str | Path | None = None) -> dg.Definitions:
+    project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
+    partitions = monthly_partitions(project)
+    job = monthly_job(partitions)
+    return dg.Definitions(
+        assets=build_assets(partitions),
+        jobs=[job],
+        schedules=[monthly_schedule(job)],
+        resources={
+            "project": ProjectResource(project_file=str(project_file)),
+            "warehouse": Warehouse(database=str(warehouse or project.warehouse_path)),
+            "local_model": LocalModelProvider(project_file=str(project_file)),
+        },
+        # DuckDB allows one writer: steps of a run go one after another in one process.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(
+    os.environ.get("LABELING_PROJECT", str(EXAMPLE_PROJECT)),
+    os.environ.get("LABELING_WAREHOUSE") or None,
+)

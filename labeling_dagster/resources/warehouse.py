@@ -1,0 +1,131 @@
+"""The DuckDB warehouse: one table per asset, each partitioned by a TIMESTAMP `month` column, and
+`model_calls`, the call cache that every rerun and backfill reads before paying for a call.
+
+Writes are idempotent per month: delete the window's rows, then insert, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from labeling_dagster.core.labels import CallOutcome
+from labeling_dagster.core.runner import CallRecord
+
+LABEL_COLUMNS = """
+    month TIMESTAMP, item_id VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR, prompt_version VARCHAR,
+    label VARCHAR, confidence DOUBLE, reason VARCHAR, alternatives VARCHAR, failure VARCHAR,
+    call_id VARCHAR, reused BOOLEAN, next_step VARCHAR, route_reason VARCHAR
+"""
+
+TABLES = {
+    "raw_items": """month TIMESTAMP, item_id VARCHAR, text VARCHAR, metadata VARCHAR, content_hash VARCHAR,
+        source_file VARCHAR, source_line INTEGER""",
+    "rejected_items": "month TIMESTAMP, item_id VARCHAR, source_file VARCHAR, source_line INTEGER, reason VARCHAR",
+    "first_pass_labels": LABEL_COLUMNS,
+    "qa_labels": LABEL_COLUMNS,
+    "adjudicated_labels": LABEL_COLUMNS,
+    "review_queue": """month TIMESTAMP, item_id VARCHAR, text VARCHAR, candidate_label VARCHAR, confidence DOUBLE,
+        reason VARCHAR, alternatives VARCHAR, label_definition VARCHAR, tier_answers VARCHAR, queue_reason VARCHAR,
+        annotators_needed INTEGER""",
+    "final_labels": """month TIMESTAMP, item_id VARCHAR, label VARCHAR, status VARCHAR, decided_by VARCHAR,
+        confidence DOUBLE, cost_usd DOUBLE""",
+    "cost_ledger": """month TIMESTAMP, kind VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR, items BIGINT,
+        calls BIGINT, calls_reused BIGINT, input_tokens BIGINT, cached_input_tokens BIGINT, output_tokens BIGINT,
+        compute_s DOUBLE, usd DOUBLE, usd_reused DOUBLE, budget_usd DOUBLE""",
+    "model_calls": """call_id VARCHAR PRIMARY KEY, month TIMESTAMP, tier VARCHAR, provider VARCHAR, model VARCHAR,
+        prompt_version VARCHAR, item_count INTEGER, input_tokens BIGINT, cached_input_tokens BIGINT,
+        cache_write_tokens BIGINT, output_tokens BIGINT, usd DOUBLE, latency_s DOUBLE, compute_s DOUBLE,
+        batch BOOLEAN, status VARCHAR, error VARCHAR, run_id VARCHAR, created_at TIMESTAMP, response VARCHAR""",
+}
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """DuckDB TIMESTAMP columns hold naive UTC; Dagster's partition windows are tz-aware."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+class Warehouse(DuckDBResource):
+    """DuckDB through dagster-duckdb's resource, plus the month-window reads and writes the assets share."""
+
+    @contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.get_connection() as conn:
+            for table, columns in TABLES.items():
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            yield conn
+
+
+def read_window(conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWindow) -> pd.DataFrame:
+    return conn.execute(
+        f"SELECT * FROM {table} WHERE month >= ? AND month < ? ORDER BY month, item_id",
+        [naive_utc(window.start), naive_utc(window.end)],
+    ).df()
+
+
+def replace_window(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, window: dg.TimeWindow) -> int:
+    """Replace the window's rows of `table` with `frame` (whose columns are a subset of the table's)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(
+            f"DELETE FROM {table} WHERE month >= ? AND month < ?", [naive_utc(window.start), naive_utc(window.end)]
+        )
+        if len(frame):
+            conn.register("incoming", frame)
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+            conn.unregister("incoming")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return len(frame)
+
+
+class DuckDBCallCache:
+    """core.runner.CallCache over the `model_calls` table. Only successful calls are served again;
+    a failed call is retried (and its row replaced) on the next run."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, month: datetime, run_id: str):
+        self.conn, self.month, self.run_id = conn, naive_utc(month), run_id
+
+    def get(self, call_id: str) -> CallRecord | None:
+        row = self.conn.execute(
+            """SELECT tier, provider, model, prompt_version, item_count, usd, response FROM model_calls
+               WHERE call_id = ? AND status = 'ok'""",
+            [call_id],
+        ).fetchone()
+        if row is None:
+            return None
+        tier, provider, model, version, count, usd, response = row
+        return CallRecord(call_id, tier, provider, model, version, count, CallOutcome.from_json(response), usd)
+
+    def put(self, record: CallRecord) -> None:
+        outcome, usage = record.outcome, record.outcome.usage
+        self.conn.execute("DELETE FROM model_calls WHERE call_id = ?", [record.call_id])
+        self.conn.execute(
+            "INSERT INTO model_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                record.call_id, self.month, record.tier, record.provider, record.model, record.version,
+                record.item_count, usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
+                usage.output_tokens, record.usd, outcome.latency_s, outcome.compute_s, outcome.batch,
+                outcome.status, outcome.error, self.run_id, datetime.now(timezone.utc).replace(tzinfo=None),
+                outcome.to_json(),
+            ],
+        )
+
+    def month_spend(self) -> float:
+        (usd,) = self.conn.execute(
+            "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ?", [self.month]
+        ).fetchone()
+        return float(usd)
+
+
+def loads(value: str | None) -> object:
+    return json.loads(value) if value else None

@@ -1,0 +1,23 @@
+"""The monthly job and its schedule: on the first of each month, label the month that just ended."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+MONTHLY_JOB = "monthly_labeling"
+
+
+def monthly_job(partitions: dg.PartitionsDefinition) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        MONTHLY_JOB,
+        selection=dg.AssetSelection.groups("labeling"),
+        partitions_def=partitions,
+        description="Every monthly asset of the labeling pipeline, for one month or a range of months.",
+    )
+
+
+def monthly_schedule(job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    # Stopped by default: a data engineer turns it on once the project's first months look right.
+    return dg.build_schedule_from_partitioned_job(
+        job, hour_of_day=2, default_status=dg.DefaultScheduleStatus.STOPPED
+    )
