@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -17,16 +16,13 @@ from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse
 from labeling_dagster.schedules import monthly_job, monthly_schedule
 
-# Single-run backfills are the policy we want for rate-limited work; Dagster still labels the option beta.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
-
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"
 
 
 def build_definitions(project_file: str | Path, warehouse: str | Path | None = None) -> dg.Definitions:
     project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
     partitions = monthly_partitions(project)
-    job = monthly_job(partitions)
+    job = monthly_job()
     return dg.Definitions(
         assets=build_assets(partitions),
         jobs=[job],

@@ -241,8 +241,12 @@ class Project(_Strict):
 def _format_errors(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid project file ({error.error_count()} problem(s)):"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        if not key:
+            # Whole-file rules (in _consistent) name their key at the start of the message.
+            named = re.match(r"^([a-z_]+(?:\.[a-z_0-9]+)*): (.*)$", message, re.DOTALL)
+            key, message = (named.group(1), named.group(2)) if named else ("(top level)", message)
         lines.append(f"  - {key}: {message}")
     return "\n".join(lines)
 

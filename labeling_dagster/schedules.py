@@ -7,11 +7,10 @@ import dagster as dg
 MONTHLY_JOB = "monthly_labeling"
 
 
-def monthly_job(partitions: dg.PartitionsDefinition) -> dg.UnresolvedAssetJobDefinition:
+def monthly_job() -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         MONTHLY_JOB,
         selection=dg.AssetSelection.groups("labeling"),
-        partitions_def=partitions,
         description="Every monthly asset of the labeling pipeline, for one month or a range of months.",
     )
 

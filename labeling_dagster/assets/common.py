@@ -4,6 +4,7 @@ partition window, and turning stored rows back into items."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -12,6 +13,9 @@ import pandas as pd
 
 from labeling_dagster.core.labels import Item
 from labeling_dagster.project import Project
+
+# Single-run backfills are the policy we want for rate-limited work; Dagster still marks the option beta.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 GROUP = "labeling"
 WAREHOUSE_POOL = "warehouse"  # DuckDB allows one writer: every asset that writes it shares this pool

@@ -3,8 +3,6 @@ decides with the routing bands where each item goes next (accepted, QA, adjudica
 
 import json
 from dataclasses import dataclass
-from typing import Callable
-
 import dagster as dg
 import pandas as pd
 
@@ -122,7 +120,7 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
                     continue
                 if tier.provider not in providers:
                     raise dg.Failure(f"tier {tier.name}: provider {tier.provider!r} is not available in this deployment")
-                cache = DuckDBCallCache(conn, window.start, context.run_id)
+                cache = DuckDBCallCache(conn, window.start, context.run.run_id)
                 price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
                 result = run_tier(
                     providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=todo, cache=cache,

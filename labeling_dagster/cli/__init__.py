@@ -104,8 +104,8 @@ def main() -> None:
 @click.option("--to", "last", default=None, help="Last month to label, YYYY-MM (default: --month).")
 @click.option("--warehouse", type=click.Path(), default=None,
               help="DuckDB file to write (default: the project's `warehouse`, relative to its folder).")
-@click.option("--quiet", is_flag=True, help="Only the summary and errors; no Dagster logs.")
-def run(project_path: str, first: str, last: str | None, warehouse: str | None, quiet: bool) -> None:
+@click.option("--verbose", is_flag=True, help="Show Dagster's step logs as well as the progress bar.")
+def run(project_path: str, first: str, last: str | None, warehouse: str | None, verbose: bool) -> None:
     """Materialize every monthly asset for each month from --month to --to, one run per month.
 
     Each month is its own Dagster run: a failure stops there, and running the same command again
@@ -122,9 +122,9 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
     job = defs.resolve_job_def(MONTHLY_JOB)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     console = _console()
-    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} months"),
-                  TimeElapsedColumn(), console=console, transient=quiet) as progress:
+                  TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(f"labeling {project.name}", total=len(months))
         for month in months:
             progress.update(task, description=f"labeling {project.name} {month}")

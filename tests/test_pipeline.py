@@ -1,0 +1,134 @@
+"""End to end: build a tiny project, run months through Dagster, look at the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from labeling_dagster.cli import main
+from labeling_dagster.definitions import build_definitions
+from labeling_dagster.schedules import MONTHLY_JOB
+
+
+def run_month(project: Path, warehouse: Path, month: str = "2026-08", **kwargs) -> dg.ExecuteInProcessResult:
+    job = build_definitions(project, warehouse).resolve_job_def(MONTHLY_JOB)
+    return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), **({"partition_key": f"{month}-01"} | kwargs))
+
+
+def table(warehouse: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse.duckdb"
+
+
+def test_a_month_end_to_end(tiny_project: Path, warehouse: Path) -> None:
+    result = run_month(tiny_project, warehouse)
+    assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+
+    # Conservation: 15 source rows = 13 items + 2 rejected; one final row per item, one terminal state.
+    assert table(warehouse, "SELECT COUNT(*) FROM raw_items") == [(13,)]
+    assert sorted(table(warehouse, "SELECT item_id, reason FROM rejected_items")) == [
+        ("2026-08-billing-0", "duplicate id: first seen at 2026-08.csv:2"),
+        ("2026-08-empty", "empty body"),
+    ]
+    assert table(warehouse, """SELECT COUNT(*), COUNT(DISTINCT item_id) FROM final_labels
+                               WHERE item_id IN (SELECT item_id FROM raw_items)""") == [(13, 13)]
+    statuses = dict(table(warehouse, "SELECT status, COUNT(*) FROM final_labels GROUP BY 1"))
+    assert set(statuses) <= {"labeled", "pending_human"} and sum(statuses.values()) == 13
+    assert table(warehouse, """SELECT COUNT(*) FROM final_labels WHERE status = 'labeled'
+                               AND label NOT IN ('billing', 'cancellation', 'card_lost')""") == [(0,)]
+
+    # The vip ticket went to people with the rule as its reason, and is pending with no label.
+    assert table(warehouse, "SELECT queue_reason FROM review_queue WHERE item_id = '2026-08-billing-3'") == [
+        ("always to people: tier = vip",)
+    ]
+    assert table(warehouse, "SELECT status, label FROM final_labels WHERE item_id = '2026-08-billing-3'") == [
+        ("pending_human", None)
+    ]
+    queued = table(warehouse, "SELECT COUNT(*) FROM review_queue")[0][0]
+    assert queued == statuses.get("pending_human", 0)
+
+    # Ledger: local tiers cost nothing, people cost 30 $/h / 120 reviews/h = 0.25 per item; total = parts.
+    ledger = {row[0]: row[1:] for row in table(warehouse, "SELECT tier, usd, items, calls FROM cost_ledger")}
+    assert ledger["first_pass"][:2] == (0.0, 13)
+    assert ledger["first_pass"][2] == 3  # 13 items at 5 per call
+    assert ledger["human_review"][:2] == (pytest.approx(0.25 * queued), queued)
+    assert ledger["total"][0] == pytest.approx(sum(row[0] for tier, row in ledger.items() if tier != "total"))
+
+    exports = tiny_project / "exports" / "2026-08"
+    assert (exports / "review_queue.csv").read_text().count("2026-08-billing-3") == 1
+    assert len((exports / "review_queue.jsonl").read_text().splitlines()) == queued
+
+
+def test_rerun_replaces_the_month_and_pays_nothing_again(tiny_project: Path, warehouse: Path) -> None:
+    assert run_month(tiny_project, warehouse).success
+    assert run_month(tiny_project, warehouse, "2026-09").success
+    counts = "SELECT (SELECT COUNT(*) FROM raw_items), (SELECT COUNT(*) FROM final_labels), (SELECT COUNT(*) FROM model_calls)"
+    before = table(warehouse, counts)
+    first_calls = table(warehouse, "SELECT call_id, run_id FROM model_calls ORDER BY 1")
+
+    assert run_month(tiny_project, warehouse).success
+    assert table(warehouse, counts) == before
+    assert table(warehouse, "SELECT call_id, run_id FROM model_calls ORDER BY 1") == first_calls  # nothing re-called
+    reused = table(warehouse, """SELECT tier, calls, calls_reused FROM cost_ledger
+                                 WHERE kind = 'model' AND month = '2026-08-01' ORDER BY 1""")
+    assert reused and all(calls == calls_reused for _, calls, calls_reused in reused)
+    # The other month was not touched by the rerun.
+    assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE month = '2026-09-01'") == [(13,)]
+
+
+def test_a_range_of_months_in_one_run(tiny_project: Path, warehouse: Path) -> None:
+    result = run_month(
+        tiny_project, warehouse, partition_key=None,
+        tags={"dagster/asset_partition_range_start": "2026-08-01", "dagster/asset_partition_range_end": "2026-09-01"},
+    )
+    assert result.success
+    assert table(warehouse, "SELECT strftime(month, '%Y-%m'), COUNT(*) FROM final_labels GROUP BY 1 ORDER BY 1") == [
+        ("2026-08", 13), ("2026-09", 13)
+    ]
+    assert table(warehouse, "SELECT COUNT(*) FROM cost_ledger WHERE kind = 'total'") == [(2,)]
+
+
+def test_cli_run_summary_and_errors(tiny_project: Path, warehouse: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--project", str(tiny_project), "--month", "2026-08", "--to", "2026-09",
+                                  "--warehouse", str(warehouse)])
+    assert result.exit_code == 0, result.output
+    assert "2026-08" in result.output and "2026-09" in result.output and "queued for people" in result.output
+
+    bad_month = runner.invoke(main, ["run", "--project", str(tiny_project), "--month", "Sept"])
+    assert bad_month.exit_code == 2 and "write YYYY-MM" in bad_month.output
+    not_over = runner.invoke(main, ["run", "--project", str(tiny_project), "--month", "2099-01"])
+    assert not_over.exit_code == 2 and "has not ended" in not_over.output
+
+    missing = runner.invoke(main, ["run", "--project", str(tiny_project), "--month", "2026-10",
+                                   "--warehouse", str(warehouse)])
+    assert missing.exit_code == 1 and "no file matches" in missing.output
+
+    yaml = tiny_project / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("qa_at: 0.3", "qa_at: 3"))
+    invalid = runner.invoke(main, ["run", "--project", str(tiny_project), "--month", "2026-08"])
+    assert invalid.exit_code == 2 and "routing.qa_at" in invalid.output
+
+
+def test_definitions_load_the_example() -> None:
+    from labeling_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "raw_items", "first_pass_labels", "qa_labels", "adjudicated_labels", "review_queue", "final_labels", "cost_ledger"
+    }
+    schedule = defs.resolve_schedule_def("monthly_labeling_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert {check.name for check in graph.asset_check_keys} >= {
+        "every_item_in_one_terminal_state", "labels_in_taxonomy", "ledger_total_equals_sum_of_parts"
+    }
