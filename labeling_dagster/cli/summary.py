@@ -23,6 +23,7 @@ class MonthSummary:
     adjudicated: int = 0
     queued_for_people: int = 0
     golden_items: int = 0
+    golden_labeled: int = 0
     golden_accuracy: float | None = None
     usd_by_tier: dict[str, float] = field(default_factory=dict)
     total_usd: float = 0.0
@@ -52,7 +53,7 @@ def month_summary(conn: duckdb.DuckDBPyConnection, project: Project, month: str)
         [stamp],
     ).df()
     score = golden_score(final, golden_answers(project))
-    summary.golden_items, summary.golden_accuracy = score.golden_items, score.accuracy
+    summary.golden_items, summary.golden_labeled, summary.golden_accuracy = score.golden_items, score.labeled, score.accuracy
     ledger = conn.execute("SELECT kind, tier, usd, calls_reused FROM cost_ledger WHERE month = ?", [stamp]).df()
     parts = ledger[ledger["kind"] != "total"]
     summary.usd_by_tier = {row.tier: float(row.usd) for row in parts.itertuples()}
@@ -68,7 +69,7 @@ def summary_frame(summaries: list[MonthSummary]) -> pd.DataFrame:
     rows: dict[str, list] = {"items": [], "rejected rows": []}
     for tier in tiers:
         rows[f"accepted by {tier}"] = []
-    rows.update({"sent to QA": [], "adjudicated": [], "queued for people": [], "golden accuracy": []})
+    rows.update({"sent to QA": [], "adjudicated": [], "queued for people": [], "golden accuracy of labeled": []})
     for tier in usd_tiers:
         rows[f"USD {tier}"] = []
     rows["USD total"] = []
@@ -81,8 +82,8 @@ def summary_frame(summaries: list[MonthSummary]) -> pd.DataFrame:
         rows["sent to QA"].append(s.sent_to_qa)
         rows["adjudicated"].append(s.adjudicated)
         rows["queued for people"].append(s.queued_for_people)
-        rows["golden accuracy"].append(
-            "n/a" if s.golden_accuracy is None else f"{s.golden_accuracy:.3f} (n={s.golden_items})"
+        rows["golden accuracy of labeled"].append(
+            "n/a" if s.golden_accuracy is None else f"{s.golden_accuracy:.3f} ({s.golden_labeled}/{s.golden_items})"
         )
         for tier in usd_tiers:
             rows[f"USD {tier}"].append(f"{s.usd_by_tier.get(tier, 0.0):.2f}")
