@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
 from labeling_dagster.project import MONTH_RE
 
@@ -79,8 +79,11 @@ class QueueRow:
     def from_mapping(cls, row: Mapping[str, Any]) -> QueueRow:
         """Build from a dict or a warehouse row, where `alternatives` and `tier_answers` may be stored
         as JSON strings."""
-        alternatives = _maybe_json(row.get("alternatives")) or []
-        tier_answers = _maybe_json(row.get("tier_answers")) or []
+        # Explicit None tests: a warehouse may hand these over as arrays, which have no truth value.
+        alternatives = _maybe_json(row.get("alternatives"))
+        tier_answers = _maybe_json(row.get("tier_answers"))
+        alternatives = [] if alternatives is None else alternatives
+        tier_answers = [] if tier_answers is None else tier_answers
         return cls(
             item_id=str(row["item_id"]),
             text=str(row["text"]),
@@ -371,8 +374,7 @@ class _Reader:
     _seen: set[tuple[str, str]] = field(default_factory=set)
 
     def reject(self, location: str, item_id: Any, reason: str) -> None:
-        item = None if item_id is None or str(item_id) == "" else str(item_id)
-        self.rejected.append(RejectedRow(self.path.name, location, item, reason))
+        self.rejected.append(RejectedRow(self.path.name, location, _none_if_blank(item_id), reason))
 
     def accept(
         self, location: str, item_id: Any, annotator_id: Any, label: Any, seconds: Any, submitted_at: Any
@@ -398,7 +400,8 @@ class _Reader:
             self.reject(location, item, str(exc))
             return
         if (item, annotator) in self._seen:
-            self.reject(location, item, f"annotator {annotator!r} answered this item earlier in the file; the first answer is kept")
+            self.reject(location, item, f"annotator {annotator!r} answered this item earlier in the file; "
+                        "the first answer is kept")
             return
         self._seen.add((item, annotator))
         self.good.append(ReviewRow(item, annotator, answer, spent, when, self.path.name))
@@ -412,13 +415,19 @@ class _Reader:
                         f"columns {list(REVIEW_CSV_REQUIRED)} (seconds and submitted_at optional)")
             return
         rows.fieldnames = header
-        for row in rows:
-            location = f"line {rows.line_num}"
-            if None in row or any(value is None for key, value in row.items() if key in REVIEW_CSV_REQUIRED):
-                self.reject(location, row.get("item_id"), "wrong number of cells; check the quoting of this row")
-                continue
-            self.accept(location, row["item_id"], row["annotator_id"], row["label"],
-                        row.get("seconds"), row.get("submitted_at"))
+        try:
+            for row in rows:
+                location = f"line {rows.line_num}"
+                if None in row or any(value is None for key, value in row.items() if key in REVIEW_CSV_REQUIRED):
+                    self.reject(location, row.get("item_id"), "wrong number of cells; check the quoting of this row")
+                    continue
+                self.accept(location, row["item_id"], row["annotator_id"], row["label"],
+                            row.get("seconds"), row.get("submitted_at"))
+        except csv.Error as exc:
+            # e.g. an unclosed quote that swallows the rest of a large file past the csv cell size limit;
+            # the csv module cannot resynchronise after it, so the rest of the file is unread.
+            self.reject(f"line {rows.line_num}", None, f"unreadable CSV from here on ({exc}); the rows before "
+                        "it were read; fix the file and drop it again")
 
     def read_json_lines(self, text: str) -> None:
         for number, line in enumerate(text.splitlines(), start=1):
@@ -433,12 +442,13 @@ class _Reader:
             if not isinstance(record, dict):
                 self.reject(location, None, "expected a JSON object on this line")
                 continue
-            attribute = next((key[: -len("-metadata")] for key in record if key.endswith("-metadata")), None)
-            if attribute is None:
+            # A chained Ground Truth job appends its attribute after the earlier jobs': the last is newest.
+            attributes = [key[: -len("-metadata")] for key in record if key.endswith("-metadata")]
+            if not attributes:
                 self.accept(location, record.get("item_id"), record.get("annotator_id"), record.get("label"),
                             record.get("seconds"), record.get("submitted_at"))
             else:
-                self._ground_truth_line(location, record, attribute)
+                self._ground_truth_line(location, record, attributes[-1])
 
     def _ground_truth_line(self, location: str, record: dict[str, Any], attribute: str) -> None:
         metadata = record.get(f"{attribute}-metadata")
