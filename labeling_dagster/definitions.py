@@ -15,6 +15,7 @@ from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse
 from labeling_dagster.schedules import monthly_job, monthly_schedule
+from labeling_dagster.sensors import review_sensor
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"
 
@@ -27,6 +28,7 @@ def build_definitions(project_file: str | Path, warehouse: str | Path | None = N
         assets=build_assets(partitions),
         jobs=[job],
         schedules=[monthly_schedule(job)],
+        sensors=[review_sensor(partitions)],
         resources={
             "project": ProjectResource(project_file=str(project_file)),
             "warehouse": Warehouse(database=str(warehouse or project.warehouse_path)),

@@ -153,9 +153,29 @@ class Routing(_Strict):
 
 
 class HumanReview(_Strict):
+    """People: what a review costs, how many reviews an item needs, how their answers are merged."""
+
     hourly_rate_usd: float = Field(default=25.0, ge=0)
     reviews_per_hour: float = Field(default=300.0, gt=0)
     annotators_per_item: int = Field(default=1, ge=1, le=5)
+    annotators_for_labels: dict[str, int] = Field(
+        default_factory=dict, description="more annotators for risky candidate labels, e.g. {compromised_card: 3}"
+    )
+    consensus: Literal["majority", "dawid_skene"] = "majority"
+    min_agreement: float = Field(default=0.6, ge=0, le=1, description="below it an item is sent back for another review")
+    models_join_as_annotators: bool = False
+    reviews_dir: str = Field(default="reviews", description="completed review files go in <reviews_dir>/<YYYY-MM>/")
+
+    @field_validator("annotators_for_labels")
+    @classmethod
+    def _counts(cls, counts: dict[str, int]) -> dict[str, int]:
+        for label, count in counts.items():
+            if not 1 <= count <= 5:
+                raise ValueError(f"{label}: {count} annotators; use 1 to 5")
+        return counts
+
+    def annotators_for(self, candidate_label: str | None) -> int:
+        return max(self.annotators_per_item, self.annotators_for_labels.get(candidate_label or "", 0))
 
     @property
     def usd_per_review(self) -> float:
@@ -194,9 +214,13 @@ class Project(_Strict):
         if len({tier.name for tier in self.tiers}) != len(self.tiers):
             raise ValueError("tiers: each tier needs its own name")
         names = set(self.taxonomy.names)
-        unknown = [label for label in self.routing.always_human_labels if label not in names]
-        if unknown:
-            raise ValueError(f"routing.always_human_labels: {unknown} are not in the taxonomy")
+        for key, listed in (
+            ("routing.always_human_labels", self.routing.always_human_labels),
+            ("human_review.annotators_for_labels", list(self.human_review.annotators_for_labels)),
+        ):
+            unknown = [label for label in listed if label not in names]
+            if unknown:
+                raise ValueError(f"{key}: {unknown} are not in the taxonomy")
         columns = {"text", *self.source.metadata_columns}
         for rule in self.routing.always_human_when:
             if rule.column not in columns:
@@ -236,6 +260,10 @@ class Project(_Strict):
     @property
     def exports_path(self) -> Path:
         return self.resolve(self.exports_dir)
+
+    @property
+    def reviews_path(self) -> Path:
+        return self.resolve(self.human_review.reviews_dir)
 
 
 def _format_errors(path: Path, error: ValidationError) -> str:

@@ -57,11 +57,13 @@ def test_a_month_end_to_end(tiny_project: Path, warehouse: Path) -> None:
     queued = table(warehouse, "SELECT COUNT(*) FROM review_queue")[0][0]
     assert queued == statuses.get("pending_human", 0)
 
-    # Ledger: local tiers cost nothing, people cost 30 $/h / 120 reviews/h = 0.25 per item; total = parts.
+    # Ledger: local tiers cost nothing; no review yet, so people's cost is the estimate for the queue
+    # at 30 $/h / 120 reviews/h = 0.25 per review; total = parts.
     ledger = {row[0]: row[1:] for row in table(warehouse, "SELECT tier, usd, items, calls FROM cost_ledger")}
     assert ledger["first_pass"][:2] == (0.0, 13)
     assert ledger["first_pass"][2] == 3  # 13 items at 5 per call
-    assert ledger["human_review"][:2] == (pytest.approx(0.25 * queued), queued)
+    assert ledger["human_review"] == (0.0, 0, 0)
+    assert ledger["human_review_pending"] == (pytest.approx(0.25 * queued), queued, queued)
     assert ledger["total"][0] == pytest.approx(sum(row[0] for tier, row in ledger.items() if tier != "total"))
 
     exports = tiny_project / "exports" / "2026-08"
@@ -125,7 +127,8 @@ def test_definitions_load_the_example() -> None:
 
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "raw_items", "first_pass_labels", "qa_labels", "adjudicated_labels", "review_queue", "final_labels", "cost_ledger"
+        "raw_items", "first_pass_labels", "qa_labels", "adjudicated_labels", "review_queue", "human_reviews",
+        "final_labels", "cost_ledger"
     }
     schedule = defs.resolve_schedule_def("monthly_labeling_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -5,6 +5,7 @@ import pandas as pd
 
 from labeling_dagster import checks
 from labeling_dagster.assets.common import monthly_asset_args, months_in
+from labeling_dagster.assets.final_labels import human_outcome
 from labeling_dagster.assets.review_queue import TIER_TABLES
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
@@ -34,15 +35,17 @@ MODEL_ROWS = """
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         **monthly_asset_args(partitions),
-        deps=[*TIER_TABLES, "review_queue", "final_labels"],
+        deps=[*TIER_TABLES, "review_queue", "human_reviews", "final_labels"],
         check_specs=checks.ledger_specs("cost_ledger"),
         kinds={"duckdb"},
     )
     def cost_ledger(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """Per month: one `model` row per tier and model (items, calls, calls served from the call cache,
         tokens as the provider reported them, compute seconds, USD, and the USD of reused calls, which
-        the latest run did not pay again), one `human` row (the review queue x annotators x hourly rate
-        / reviews per hour), and a `total` row; each row carries the month's budget."""
+        the latest run did not pay again); a `human_review` row (reviews received: their recorded
+        seconds at the hourly rate, or hourly rate / reviews per hour each); a `human_review_pending`
+        row (the reviews the queue still needs, estimated at the flat rate); and a `total` row. Each row
+        carries the month's budget."""
         spec = project.load()
         review = spec.human_review
         rows = []
@@ -57,13 +60,19 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 else:
                     model = pd.DataFrame()
                 model = model.assign(kind="model")
-                queued = len(read_window(conn, "review_queue", window))
-                reviews = queued * review.annotators_per_item
-                human = pd.DataFrame([{
-                    "kind": "human", "tier": "human_review", "provider": "people",
-                    "model": f"${review.hourly_rate_usd:g}/h at {review.reviews_per_hour:g} reviews/h",
-                    "items": queued, "calls": reviews, "usd": reviews * review.usd_per_review,
-                }])
+                queue = read_window(conn, "review_queue", window)
+                done = read_window(conn, "review_consensus", window)
+                pending = human_outcome(conn, window, queue["item_id"], review.usd_per_review) if len(queue) else None
+                rate = f"${review.hourly_rate_usd:g}/h at {review.reviews_per_hour:g} reviews/h"
+                human = pd.DataFrame([
+                    {"kind": "human", "tier": "human_review", "provider": "people", "model": rate,
+                     "items": len(done), "calls": len(read_window(conn, "human_reviews", window)),
+                     "usd": float(done["labor_usd"].sum()) if len(done) else 0.0},
+                    {"kind": "human", "tier": "human_review_pending", "provider": "people", "model": f"estimate, {rate}",
+                     "items": int((~pending["settled"]).sum()) if pending is not None else 0,
+                     "calls": int(pending["remaining_reviews"].sum()) if pending is not None else 0,
+                     "usd": float(pending["remaining_reviews"].sum()) * review.usd_per_review if pending is not None else 0.0},
+                ])
                 parts = pd.concat([model, human], ignore_index=True)
                 total = {"kind": "total", "tier": "total", "provider": "", "model": "", "items": None,
                          **{c: parts[c].fillna(0).sum() for c in ("calls", "calls_reused", "input_tokens",

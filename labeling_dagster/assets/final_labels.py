@@ -16,20 +16,40 @@ CALL_SHARES = """
 """
 
 
+def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_review: float) -> pd.DataFrame:
+    """Per item (aligned with `item_ids`): whether people settled it, their label and confidence, and its
+    human cost: the labor so far plus, while unsettled, the reviews it still needs at the flat rate."""
+    queue = read_window(conn, "review_queue", window).set_index("item_id")
+    merged = read_window(conn, "review_consensus", window).set_index("item_id")
+    needed = queue["annotators_needed"].reindex(item_ids).fillna(0).to_numpy()
+    have = merged["n_annotators"].reindex(item_ids).fillna(0).to_numpy()
+    settled = merged["settled"].reindex(item_ids).eq(True).to_numpy()
+    again = merged["needs_another_review"].reindex(item_ids).eq(True).to_numpy()
+    remaining = (needed - have).clip(min=0) + (again & ~settled)
+    labor = merged["labor_usd"].reindex(item_ids).fillna(0.0).to_numpy()
+    return pd.DataFrame({
+        "settled": settled,
+        "label": merged["label"].reindex(item_ids).to_numpy(),
+        "confidence": merged["confidence"].reindex(item_ids).to_numpy(),
+        "remaining_reviews": (remaining * ~settled).astype(int),
+        "human_usd": labor + remaining * ~settled * usd_per_review,
+    }, index=item_ids.index)
+
+
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         **monthly_asset_args(partitions),
-        deps=["raw_items", *TIER_TABLES, "review_queue"],
+        deps=["raw_items", *TIER_TABLES, "review_queue", "human_reviews"],
         check_specs=checks.final_label_specs("final_labels"),
         kinds={"duckdb"},
     )
     def final_labels(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
-        """Exactly one row per raw item of the month: the label and the tier that decided it
-        (`decided_by`), or status pending_human with no label while people have not answered;
-        `cost_usd` is the item's share of its model calls plus, while pending, its estimated review
-        cost. This is the table downstream users read."""
+        """Exactly one row per raw item of the month: the label and who decided it (`decided_by`: a
+        tier's name, or `human` when people's consensus settled it), or status pending_human with no
+        label while people have not; `cost_usd` is the item's share of its model calls plus its review
+        labor (and, while pending, the reviews it still needs). This is the table downstream users read."""
         spec = project.load()
-        per_review = spec.human_review.usd_per_review * spec.human_review.annotators_per_item
+        per_review = spec.human_review.usd_per_review
         answers = golden_answers(spec)
         frames, raws, rejected = [], [], 0
         with warehouse.session() as conn:
@@ -51,7 +71,13 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                     shares = conn.execute(CALL_SHARES).df().set_index("call_id")["usd_per_item"]
                     conn.unregister("incoming_calls")
                     model_cost = every.assign(usd=every["call_id"].map(shares).fillna(0.0)).groupby("item_id")["usd"].sum()
-                    final["cost_usd"] = final["item_id"].map(model_cost).fillna(0.0) + queued * per_review
+                    people = human_outcome(conn, window, final["item_id"], per_review)
+                    by_people = (queued & people["settled"]).to_numpy()
+                    final["status"] = final["status"].mask(by_people, "labeled")
+                    final["label"] = final["label"].mask(by_people, people["label"])
+                    final["confidence"] = final["confidence"].mask(by_people, people["confidence"])
+                    final["decided_by"] = final["decided_by"].mask(by_people, "human")
+                    final["cost_usd"] = final["item_id"].map(model_cost).fillna(0.0) + queued * people["human_usd"]
                 else:
                     final = final.assign(status="unrouted", label=None, confidence=None, decided_by=None, cost_usd=0.0)
                 frames.append(final)

@@ -60,7 +60,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                             for r in history.to_dict("records")
                         ],
                         queue_reason=final["route_reason"],
-                        annotators_needed=spec.human_review.annotators_per_item,
+                        annotators_needed=spec.human_review.annotators_for(None if best is None else best["label"]),
                     )))
                 paths[month] = write_exports(spec.exports_path, month, month_rows, spec.taxonomy.names, definitions)
                 stamp = naive_utc(window.start)

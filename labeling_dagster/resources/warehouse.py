@@ -6,7 +6,6 @@ Writes are idempotent per month: delete the window's rows, then insert, in one t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -35,6 +34,13 @@ TABLES = {
     "review_queue": """month TIMESTAMP, item_id VARCHAR, text VARCHAR, candidate_label VARCHAR, confidence DOUBLE,
         reason VARCHAR, alternatives VARCHAR, label_definition VARCHAR, tier_answers VARCHAR, queue_reason VARCHAR,
         annotators_needed INTEGER""",
+    "human_reviews": """month TIMESTAMP, item_id VARCHAR, annotator_id VARCHAR, label VARCHAR, seconds DOUBLE,
+        submitted_at TIMESTAMP, source_file VARCHAR, file_hash VARCHAR""",
+    "review_imports": """month TIMESTAMP, source_file VARCHAR, file_hash VARCHAR, rows_ingested INTEGER,
+        rows_rejected INTEGER, duplicate_of VARCHAR, rejection_report VARCHAR""",
+    "review_consensus": """month TIMESTAMP, item_id VARCHAR, label VARCHAR, confidence DOUBLE, agreement DOUBLE,
+        n_annotators INTEGER, annotators_needed INTEGER, tie BOOLEAN, needs_another_review BOOLEAN,
+        settled BOOLEAN, labor_usd DOUBLE""",
     "final_labels": """month TIMESTAMP, item_id VARCHAR, label VARCHAR, status VARCHAR, decided_by VARCHAR,
         confidence DOUBLE, cost_usd DOUBLE""",
     "cost_ledger": """month TIMESTAMP, kind VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR, items BIGINT,
@@ -126,6 +132,3 @@ class DuckDBCallCache:
         ).fetchone()
         return float(usd)
 
-
-def loads(value: str | None) -> object:
-    return json.loads(value) if value else None

@@ -1,0 +1,113 @@
+"""What the `labeling` commands share: reading the project, checking months, running a month in process,
+and leaving with a clear message and exit code."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from rich.console import Console
+from rich.table import Table
+
+from labeling_dagster.cli.summary import month_summary, summary_frame
+from labeling_dagster.project import Project, ProjectFileError, load_project
+
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+# Exit codes: 0 every month done and every blocking check passed; 1 a run failed; 2 bad input.
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    sys.exit(code)
+
+
+def months_between(project: Project, first: str, last: str | None) -> list[str]:
+    last = last or first
+    for value, option in ((first, "--month"), (last, "--to")):
+        if not MONTH.match(value):
+            fail(f"{option} {value!r} is not a month; write YYYY-MM, e.g. 2026-09")
+    if last < first:
+        fail(f"--to {last} is before --month {first}")
+    if first < project.source.start_month:
+        fail(f"{first} is before the project's source.start_month {project.source.start_month}")
+    now = datetime.now(timezone.utc).strftime("%Y-%m")
+    if last >= now:
+        fail(f"{last} has not ended yet; a monthly partition exists once its month is over")
+    months, current = [], datetime.strptime(first, "%Y-%m")
+    while current.strftime("%Y-%m") <= last:
+        months.append(current.strftime("%Y-%m"))
+        current = current.replace(year=current.year + current.month // 12, month=current.month % 12 + 1)
+    return months
+
+
+def load(project_path: str) -> Project:
+    try:
+        return load_project(project_path)
+    except ProjectFileError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+def print_summary(project: Project, warehouse: Path, months: list[str], console: Console) -> None:
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        frame = summary_frame([month_summary(conn, project, month) for month in months])
+    table = Table(title=f"{project.name}: monthly summary", title_justify="left")
+    table.add_column("")
+    for month in frame.columns:
+        table.add_column(month, justify="right")
+    for name, values in frame.iterrows():
+        table.add_row(name, *[str(value) for value in values])
+    console.print(table)
+
+
+def first_error(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            return f"{event.step_key}: {event.step_failure_data.error.message.strip()}"
+    return "the run failed; see the Dagster logs above"
+
+
+
+
+def instance() -> dg.DagsterInstance:
+    """The DAGSTER_HOME instance when set, so runs show in the UI's history; else a throwaway one."""
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def execute_month(project_path: str, warehouse: Path, month: str, *, selection: list[str] | None = None,
+                  verbose: bool = False, on_instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    """One month of the monthly job (or of `selection`, asset names), in process."""
+    from labeling_dagster.definitions import build_definitions
+    from labeling_dagster.schedules import MONTHLY_JOB
+
+    job = build_definitions(project_path, warehouse).resolve_job_def(MONTHLY_JOB)
+    return job.execute_in_process(
+        partition_key=f"{month}-01",
+        instance=on_instance or instance(),
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}},
+        asset_selection=[dg.AssetKey(name) for name in selection] if selection else None,
+    )
+
+
+def run_problem(month: str, result: dg.ExecuteInProcessResult) -> str | None:
+    """Why a month's run did not succeed (a failed step or a failed blocking check), or None."""
+    if not result.success:
+        return f"{month}: {first_error(result)}"
+    failed = [
+        evaluation.check_name
+        for evaluation in result.get_asset_check_evaluations()
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    return f"{month}: blocking checks failed: {failed}" if failed else None

@@ -1,0 +1,204 @@
+"""The human-review loop through Dagster: export, a SIMULATED reviewer fills the file, import, and the
+final labels, the consensus and the ledger follow. Also bad files, the same file twice, a month with
+no queue, and the review sensor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from labeling_dagster.cli import main
+from labeling_dagster.project import load_project
+from labeling_dagster.sensors import pending_review_runs
+from tests.conftest import write_tiny_project
+from tests.test_pipeline import run_month, table
+
+
+def gold(item_id: str) -> str:
+    """The simulated reviewer's answer: the tiny project's item ids carry their true label."""
+    return next(label for label in ("billing", "cancellation", "card_lost") if f"-{label}-" in item_id)
+
+
+def fill_csv(queue_csv: Path, out: Path, annotator: str, answer=gold, seconds: str = "36") -> list[str]:
+    """A simulated reviewer opens the exported CSV, fills annotator_id, label and seconds, saves a copy."""
+    with open(queue_csv, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows, columns = list(reader), reader.fieldnames
+    rows = [row for row in rows if row["item_id"].rsplit("-", 1)[0].count("-") >= 2]  # skip the golden one
+    for row in rows:
+        row.update(annotator_id=annotator, label=answer(row["item_id"]), seconds=seconds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return [row["item_id"] for row in rows]
+
+
+def review_import(project: Path, warehouse: Path, *files: Path, month: str = "2026-08"):
+    return CliRunner().invoke(main, ["review", "import", "--project", str(project), "--month", month,
+                                     "--warehouse", str(warehouse), *map(str, files)])
+
+
+@pytest.fixture
+def labeled(tiny_project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    warehouse = tmp_path / "warehouse.duckdb"
+    assert run_month(tiny_project, warehouse).success
+    return tiny_project, warehouse
+
+
+def test_csv_round_trip_settles_items_and_costs_labor(labeled, tmp_path) -> None:
+    project, warehouse = labeled
+    queued = table(warehouse, "SELECT COUNT(*) FROM review_queue")[0][0]
+    filled = fill_csv(project / "exports" / "2026-08" / "review_queue.csv", tmp_path / "alice.csv", "alice")
+    assert filled
+
+    result = review_import(project, warehouse, tmp_path / "alice.csv")
+    assert result.exit_code == 0, result.output
+    assert (project / "reviews" / "2026-08" / "alice.csv").exists()
+    assert table(warehouse, f"""SELECT COUNT(*) FROM final_labels WHERE decided_by = 'human'
+                                AND item_id IN {tuple(filled) + ('',)}""") == [(len(filled),)]
+    assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE decided_by = 'human' AND label IS NULL") == [(0,)]
+    # Conservation still holds: one row per item, pending shrank by what people settled.
+    assert table(warehouse, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM final_labels") == [(13, 13)]
+    assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE status = 'pending_human'") == [(queued - len(filled),)]
+    # Labor: 36 seconds at 30 $/h = 0.30 a review; the rest of the queue is still estimated at 0.25.
+    ledger = dict(table(warehouse, "SELECT tier, usd FROM cost_ledger"))
+    assert ledger["human_review"] == pytest.approx(0.30 * len(filled))
+    assert ledger["human_review_pending"] == pytest.approx(0.25 * (queued - len(filled)))
+    assert ledger["total"] == pytest.approx(sum(v for k, v in ledger.items() if k != "total"))
+    assert "settled" in result.output
+
+
+def test_label_studio_export_round_trip(labeled) -> None:
+    project, warehouse = labeled
+    tasks = json.loads((project / "exports" / "2026-08" / "label_studio_tasks.json").read_text())
+    export = []  # SIMULATED Label Studio JSON export: two annotators agree with the gold label
+    for number, task in enumerate(tasks):
+        item_id = task["data"]["item_id"]
+        if item_id.endswith("golden"):
+            continue
+        annotations = [{"id": number * 10 + n, "completed_by": user, "was_cancelled": False, "lead_time": 20,
+                        "updated_at": "2026-09-03T10:00:00Z",
+                        "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                    "value": {"choices": [gold(item_id)]}}]}
+                       for n, user in enumerate([11, 12])]
+        export.append({"id": number, "data": task["data"], "annotations": annotations})
+    path = project / "ls-export.json"
+    path.write_text(json.dumps(export))
+    assert review_import(project, warehouse, path).exit_code == 0
+    assert table(warehouse, "SELECT COUNT(DISTINCT annotator_id), COUNT(*) FROM human_reviews") == [(2, 2 * len(export))]
+    wrong = table(warehouse, "SELECT item_id, label FROM final_labels WHERE decided_by = 'human'")
+    assert len(wrong) == len(export) and all(label == gold(item_id) for item_id, label in wrong)
+
+
+def test_ground_truth_output_manifest_round_trip(labeled) -> None:
+    project, warehouse = labeled
+    lines = [json.loads(line) for line in
+             (project / "exports" / "2026-08" / "ground_truth_manifest.jsonl").read_text().splitlines()]
+    output = [  # SIMULATED Ground Truth output manifest for the input manifest we exported
+        {**line, "intent": 0, "intent-metadata": {"class-name": gold(line["metadata"]["item_id"]), "confidence": 0.9,
+         "type": "groundtruth/text-classification", "job-name": "labeling-job/intent", "human-annotated": "yes",
+         "creation-date": "2026-09-04T08:00:00.000000"}}
+        for line in lines if not line["metadata"]["item_id"].endswith("golden")
+    ]
+    path = project / "output.manifest"
+    path.write_text("".join(json.dumps(line) + "\n" for line in output))
+    assert review_import(project, warehouse, path).exit_code == 0
+    assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE decided_by = 'human'") == [(len(output),)]
+
+
+def test_bad_rows_are_reported_beside_the_file_and_good_rows_kept(labeled, tmp_path) -> None:
+    project, warehouse = labeled
+    filled = fill_csv(project / "exports" / "2026-08" / "review_queue.csv", tmp_path / "bob.csv", "bob")
+    with open(tmp_path / "bob.csv", "a", encoding="utf-8") as handle:
+        handle.write("no-such-item,,,,,,,,,bob,billing,3\n")
+    text = (tmp_path / "bob.csv").read_text().replace(f"bob,{gold(filled[0])},", "bob,refund,", 1)
+    (tmp_path / "bob.csv").write_text(text)
+    result = review_import(project, warehouse, tmp_path / "bob.csv")
+    assert result.exit_code == 0, result.output
+    report = project / "reviews" / "2026-08" / "bob.csv.rejected.csv"
+    rejected = report.read_text()
+    assert "no-such-item" in rejected and "refund" in rejected
+    assert table(warehouse, "SELECT rows_ingested, rows_rejected FROM review_imports") == [(len(filled) - 1, 2)]
+    assert "2 rejected" in result.output
+
+
+def test_the_same_file_twice_is_ingested_once(labeled, tmp_path) -> None:
+    project, warehouse = labeled
+    fill_csv(project / "exports" / "2026-08" / "review_queue.csv", tmp_path / "carol.csv", "carol")
+    shutil.copy(tmp_path / "carol.csv", tmp_path / "carol-again.csv")
+    assert review_import(project, warehouse, tmp_path / "carol.csv", tmp_path / "carol-again.csv").exit_code == 0
+    reviews = table(warehouse, "SELECT COUNT(*) FROM human_reviews")[0][0]
+    assert table(warehouse, "SELECT COUNT(DISTINCT source_file) FROM human_reviews") == [(1,)]
+    assert table(warehouse, "SELECT COUNT(*) FROM review_imports WHERE duplicate_of IS NOT NULL") == [(1,)]
+    assert review_import(project, warehouse, tmp_path / "carol.csv").exit_code == 0  # and again: no change
+    assert table(warehouse, "SELECT COUNT(*) FROM human_reviews")[0][0] == reviews
+
+
+def test_a_file_for_a_month_with_no_queue(labeled, tmp_path) -> None:
+    project, warehouse = labeled
+    fill_csv(project / "exports" / "2026-08" / "review_queue.csv", tmp_path / "dave.csv", "dave")
+    assert run_month(project, warehouse, "2026-09").success
+    # 2026-08's answers dropped into 2026-09: none of its items are in that month's queue.
+    result = review_import(project, warehouse, tmp_path / "dave.csv", month="2026-09")
+    assert result.exit_code == 0, result.output
+    assert table(warehouse, "SELECT rows_ingested FROM review_imports WHERE month = '2026-09-01'") == [(0,)]
+    assert "not in this month's review queue" in (project / "reviews" / "2026-09" / "dave.csv.rejected.csv").read_text()
+
+
+def test_three_annotators_consensus_ties_and_sending_back(tmp_path) -> None:
+    project = write_tiny_project(tmp_path / "p", extra_yaml="")
+    yaml = project / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("human_review: {hourly_rate_usd: 30, reviews_per_hour: 120}",
+                                             "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120, annotators_per_item: 3}"))
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(project, warehouse).success
+    queue_csv = project / "exports" / "2026-08" / "review_queue.csv"
+    items = fill_csv(queue_csv, tmp_path / "a1.csv", "a1")
+    fill_csv(queue_csv, tmp_path / "a2.csv", "a2", answer=lambda i: "card_lost" if gold(i) != "card_lost" else "billing")
+    assert review_import(project, warehouse, tmp_path / "a1.csv", tmp_path / "a2.csv").exit_code == 0
+    # Two of three reviews, one each way: a tie, nothing settled, still pending.
+    assert table(warehouse, "SELECT COUNT(*) FROM review_consensus WHERE tie AND NOT settled") == [(len(items),)]
+    assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE decided_by = 'human'") == [(0,)]
+    fill_csv(queue_csv, tmp_path / "a3.csv", "a3")
+    assert review_import(project, warehouse, tmp_path / "a3.csv").exit_code == 0
+    # Three reviews, two for the gold label: settled by majority, with agreement 2/3.
+    assert table(warehouse, "SELECT COUNT(*), MIN(agreement) FROM review_consensus WHERE settled") == [
+        (len(items), pytest.approx(2 / 3))]
+    human = table(warehouse, "SELECT item_id, label FROM final_labels WHERE decided_by = 'human'")
+    assert len(human) == len(items) and all(label == gold(item) for item, label in human)
+
+
+def test_review_sensor_requests_one_run_per_file_content(labeled, tmp_path) -> None:
+    project_dir, _ = labeled
+    project = load_project(project_dir)
+    from labeling_dagster.definitions import build_definitions
+
+    defs = build_definitions(project_dir, tmp_path / "w.duckdb")
+    partitions = defs.resolve_assets_def("final_labels").partitions_def
+    folder = project_dir / "reviews" / "2026-08"
+    fill_csv(project_dir / "exports" / "2026-08" / "review_queue.csv", folder / "erin.csv", "erin")
+    (project_dir / "reviews" / "notes").mkdir()
+    (project_dir / "reviews" / "2031-01").mkdir()
+    requests, notes = pending_review_runs(project, partitions)
+    assert [(r.partition_key, r.run_key.split(":")[0]) for r in requests] == [("2026-08-01", "2026-08/erin.csv")]
+    assert any("not a YYYY-MM folder" in note for note in notes) and any("2031-01" in note for note in notes)
+    again, _ = pending_review_runs(project, partitions)
+    assert again[0].run_key == requests[0].run_key
+    with open(folder / "erin.csv", "a", encoding="utf-8") as handle:
+        handle.write("\n")
+    edited, _ = pending_review_runs(project, partitions)
+    assert edited[0].run_key != requests[0].run_key
+
+    sensor = defs.resolve_sensor_def("review_files_sensor")
+    with dg.build_sensor_context(resources={"project": defs.resources["project"]}) as context:
+        result = sensor(context)
+    assert [request.run_key for request in result.run_requests] == [edited[0].run_key]
