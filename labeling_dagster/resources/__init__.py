@@ -1,0 +1,1 @@
+"""Dagster resources: how the pipeline reaches the outside (model providers, storage)."""
