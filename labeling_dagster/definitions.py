@@ -20,7 +20,12 @@ from labeling_dagster.sensors import review_sensor
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"
 
 
-def build_definitions(project_file: str | Path, warehouse: str | Path | None = None) -> dg.Definitions:
+def build_definitions(
+    project_file: str | Path,
+    warehouse: str | Path | None = None,
+    resource_overrides: dict[str, dg.ConfigurableResource] | None = None,
+) -> dg.Definitions:
+    """`resource_overrides` replaces resources by key, e.g. a benchmark's instant provider."""
     project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
     partitions = monthly_partitions(project)
     job = monthly_job()
@@ -33,6 +38,7 @@ def build_definitions(project_file: str | Path, warehouse: str | Path | None = N
             "project": ProjectResource(project_file=str(project_file)),
             "warehouse": Warehouse(database=str(warehouse or project.warehouse_path)),
             "local_model": LocalModelProvider(project_file=str(project_file)),
+            **(resource_overrides or {}),
         },
         # DuckDB allows one writer: steps of a run go one after another in one process.
         executor=dg.in_process_executor,
