@@ -1,0 +1,178 @@
+"""The Anthropic provider: Claude models through the official `anthropic` SDK, the answer forced
+through a strict tool whose label is an enum of the taxonomy (or `output_config.format`), the
+static prefix marked for prompt caching. `options.mode: batch` uses Message Batches.
+
+Tier options read (besides the common ones documented in docs/llm_tiers.md):
+  base_url          another endpoint for this tier (a proxy or gateway speaking the Messages API)
+  api_key_env       the environment variable holding this tier's key (default: the resource's key)
+  structured        tool (default: a forced strict tool call) or output_format (output_config JSON schema)
+  strict            false to send the tool without strict mode (models without structured outputs)
+  temperature       sent when set
+  max_output_tokens max_tokens of each request (default: enough for the items of the request)
+  cache_ttl         5m (default) or 1h: the prompt cache lifetime of the static prefix
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import anthropic
+from anthropic.types import Message
+from pydantic import PrivateAttr
+
+from labeling_dagster.core.labels import LabelTask, Usage
+from labeling_dagster.core.prompts import SCHEMA_NAME, Prompt, Reply, estimated_output_tokens
+from labeling_dagster.core.ratelimit import Transient, sdk_error_classifier
+from labeling_dagster.project import TierConfig
+from labeling_dagster.resources.llm import LLMProvider, ProviderConfigError
+
+_classify = sdk_error_classifier(anthropic.APIStatusError, anthropic.APIConnectionError)
+
+
+class AnthropicProvider(LLMProvider):
+    """Labels items with a Claude model. Bind it with
+    `AnthropicProvider(api_key=dg.EnvVar("ANTHROPIC_API_KEY"))`; without a key every call fails
+    before it is sent, with a message naming ANTHROPIC_API_KEY."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+
+    provider_name: ClassVar[str] = "anthropic"
+    key_env: ClassVar[str] = "ANTHROPIC_API_KEY"
+    provider_options: ClassVar[set[str]] = {
+        "base_url", "api_key_env", "structured", "strict", "temperature", "max_output_tokens", "cache_ttl",
+    }
+    batch_max_requests: ClassVar[int] = 100_000
+    batch_max_bytes: ClassVar[int] = 250 * 1024 * 1024  # the API allows 256 MB per batch
+
+    _clients: dict[tuple[str | None, str], anthropic.Anthropic] = PrivateAttr(default_factory=dict)
+
+    # --- client -----------------------------------------------------------------------------
+    def _key(self, tier: TierConfig) -> str:
+        env = self.option(tier, "api_key_env")
+        key = os.environ.get(env) if env is not None else self.api_key
+        if not key:
+            raise ProviderConfigError(
+                f"tiers.{tier.name}: {env or 'ANTHROPIC_API_KEY'} is not set; export it to call "
+                f"Anthropic model {tier.model!r}"
+            )
+        return key
+
+    def check_ready(self, tier: TierConfig) -> None:
+        self._client(tier)
+        if self.option(tier, "structured", "tool") not in ("tool", "output_format"):
+            raise ProviderConfigError(f"tiers.{tier.name}.options.structured: use tool or output_format")
+        if self.option(tier, "cache_ttl", "5m") not in ("5m", "1h"):
+            raise ProviderConfigError(f"tiers.{tier.name}.options.cache_ttl: use 5m or 1h")
+
+    def _client(self, tier: TierConfig) -> anthropic.Anthropic:
+        key = self._key(tier)
+        slot = (self.option(tier, "base_url", self.base_url), self.option(tier, "api_key_env", ""))
+        with self._lock:
+            if slot not in self._clients:
+                # retries are ours (they share the tier's limiter), so the SDK makes none
+                self._clients[slot] = anthropic.Anthropic(api_key=key, base_url=slot[0], max_retries=0)
+            return self._clients[slot]
+
+    # --- requests ---------------------------------------------------------------------------
+    def settings(self, tier: TierConfig) -> dict[str, Any]:
+        return {
+            "provider": self.provider_name,
+            "base_url": self.option(tier, "base_url", self.base_url),
+            "structured": self.option(tier, "structured", "tool"),
+            "strict": self.option(tier, "strict", True),
+            **{key: tier.options[key] for key in ("temperature", "max_output_tokens") if key in tier.options},
+        }
+
+    def request_body(self, task: LabelTask, prompt: Prompt) -> dict[str, Any]:
+        tier = task.tier
+        cache_control: dict[str, Any] = {"type": "ephemeral"}
+        if self.option(tier, "cache_ttl", "5m") == "1h":
+            cache_control["ttl"] = "1h"
+        body: dict[str, Any] = {
+            "model": tier.model,
+            "max_tokens": int(
+                self.option(tier, "max_output_tokens", 2 * estimated_output_tokens(len(task.items), tier.prompt.with_reason) + 256)
+            ),
+            # tools, then system, form the cached prefix; the breakpoint on the system block covers both
+            "system": [{"type": "text", "text": prompt.system, "cache_control": cache_control}],
+            "messages": [{"role": "user", "content": prompt.user}],
+        }
+        if self.option(tier, "structured", "tool") == "tool":
+            tool: dict[str, Any] = {
+                "name": SCHEMA_NAME,
+                "description": "Record one label per item id.",
+                "input_schema": prompt.schema,
+            }
+            if self.option(tier, "strict", True):
+                tool["strict"] = True
+            body["tools"] = [tool]
+            body["tool_choice"] = {"type": "tool", "name": SCHEMA_NAME}
+        else:
+            body["output_config"] = {"format": {"type": "json_schema", "schema": prompt.schema}}
+        if self.option(tier, "temperature") is not None:
+            body["temperature"] = tier.options["temperature"]
+        return body
+
+    def send(self, task: LabelTask, body: dict[str, Any]) -> Reply:
+        client = self._client(task.tier)
+        try:
+            message = client.messages.create(**body, timeout=self.timeout_s(task.tier))
+        except anthropic.APIStatusError as exc:
+            raise self.rejected(task.tier, "Anthropic", exc) if _classify(exc) is None else exc
+        return _reply(message)
+
+    def classify(self, exc: BaseException) -> Transient | None:
+        return _classify(exc)
+
+    # --- Message Batches --------------------------------------------------------------------
+    def submit_batch(self, tier: TierConfig, requests: list[tuple[str, dict[str, Any]]]) -> str:
+        batch = self._client(tier).messages.batches.create(
+            requests=[{"custom_id": cid, "params": body} for cid, body in requests]
+        )
+        return batch.id
+
+    def batch_state(self, tier: TierConfig, batch_id: str) -> str:
+        batch = self._client(tier).messages.batches.retrieve(batch_id)
+        return "ended" if batch.processing_status == "ended" else "running"
+
+    def batch_results(
+        self, tier: TierConfig, batch_id: str, prompts: dict[str, Prompt], task_of: dict[str, LabelTask]
+    ) -> dict[str, Reply | str]:
+        results: dict[str, Reply | str] = {}
+        for row in self._client(tier).messages.batches.results(batch_id):
+            if row.custom_id not in prompts:
+                continue
+            result = row.result
+            if result.type == "succeeded":
+                results[row.custom_id] = _reply(result.message)
+            elif result.type == "errored":
+                results[row.custom_id] = f"batch request failed: {result.error.error.message}"
+            else:
+                results[row.custom_id] = f"batch request {result.type} before it ran"
+        return results
+
+
+def _reply(message: Message) -> Reply:
+    """Usage mapped so that input_tokens includes cached and cache-write tokens, as
+    core.pricing.call_usd expects (Anthropic reports the three apart)."""
+    usage = message.usage
+    cache_read = usage.cache_read_input_tokens or 0
+    cache_write = usage.cache_creation_input_tokens or 0
+    reported = Usage(
+        input_tokens=usage.input_tokens + cache_read + cache_write,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=usage.output_tokens,
+    )
+    note = {
+        "max_tokens": "the answer was cut at the output token limit (options.max_output_tokens)",
+        "refusal": "the model refused",
+    }.get(message.stop_reason or "")
+    for block in message.content:
+        if block.type == "tool_use" and block.name == SCHEMA_NAME:
+            return Reply(payload=block.input, usage=reported, note=note)
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return Reply(payload=text or None, usage=reported, note=note)
+

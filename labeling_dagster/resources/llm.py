@@ -1,0 +1,352 @@
+"""What the OpenAI and Anthropic providers share: per-tier rate limits and retries, the one repair
+attempt for bad answers, concurrency over a tier's requests, and batch mode (submit, poll, ingest,
+one repair round) with a journal so that a crash while a batch runs does not pay for it twice.
+
+A subclass says how to talk to its provider: the request body, one online call, and the three
+batch operations. Everything about items, prompts and parsing is in core/prompts.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from labeling_dagster.core.labels import CallOutcome, LabelTask
+from labeling_dagster.core.prompts import (
+    Prompt,
+    Reply,
+    build_prompt,
+    estimated_output_tokens,
+    failed_outcome,
+    merge_repair,
+    outcome_from_reply,
+    prompt_version,
+    repair_task,
+)
+from labeling_dagster.core.ratelimit import (
+    RateLimiter,
+    RetriesExhausted,
+    RetryPolicy,
+    Transient,
+    call_with_retries,
+)
+from labeling_dagster.project import TierConfig
+
+
+class ProviderConfigError(RuntimeError):
+    """The provider cannot be used as configured (missing key, unknown model, bad option): stop
+    before anything is spent, with a message that says what to set."""
+
+
+class BatchNotFinished(RuntimeError):
+    """A provider batch job outlived options.batch_timeout_s; with a batch journal, the next run
+    picks the same job up instead of paying for it again."""
+
+
+class CallFailed(RuntimeError):
+    """One request failed for good (retries ran out, or the provider rejected the request): its
+    items fail with this message and go on to the next tier."""
+
+
+@dataclass
+class TierStats:
+    """Counters for one tier, for run metadata and the throughput benchmark."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    repairs: int = 0
+    batches_submitted: int = 0
+    batches_resumed: int = 0
+
+
+_COMMON_OPTIONS = {
+    "mode", "rpm", "tpm", "burst_s", "max_concurrency", "timeout_s", "max_retries", "backoff_s",
+    "max_backoff_s", "poll_interval_s", "batch_timeout_s", "max_batch_requests",
+}
+
+
+class LLMProvider(dg.ConfigurableResource):
+    """Shared machinery of the LLM providers; see OpenAIProvider and AnthropicProvider."""
+
+    batch_journal_dir: str | None = None
+
+    provider_name: ClassVar[str]
+    key_env: ClassVar[str]  # where the resource's key comes from, for messages
+    provider_options: ClassVar[set[str]]  # tier options this provider reads besides the common ones
+    batch_max_requests: ClassVar[int]
+    batch_max_bytes: ClassVar[int]
+
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _limiters: dict[str, RateLimiter] = PrivateAttr(default_factory=dict)
+    _stats: dict[str, TierStats] = PrivateAttr(default_factory=dict)
+
+    # --- what a subclass provides -----------------------------------------------------------
+    def check_ready(self, tier: TierConfig) -> None:
+        """Raise ProviderConfigError when the tier cannot be called (missing key, ...)."""
+        raise NotImplementedError
+
+    def settings(self, tier: TierConfig) -> dict[str, Any]:
+        """The model settings that change answers; part of the prompt version."""
+        raise NotImplementedError
+
+    def request_body(self, task: LabelTask, prompt: Prompt) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def send(self, task: LabelTask, body: dict[str, Any]) -> Reply:
+        """One online request, no retry: raises the SDK's error on failure."""
+        raise NotImplementedError
+
+    def classify(self, exc: BaseException) -> Transient | None:
+        raise NotImplementedError
+
+    def submit_batch(self, tier: TierConfig, requests: list[tuple[str, dict[str, Any]]]) -> str:
+        raise NotImplementedError
+
+    def batch_state(self, tier: TierConfig, batch_id: str) -> str:
+        """"running", "ended", or "failed: <why>"."""
+        raise NotImplementedError
+
+    def batch_results(self, tier: TierConfig, batch_id: str, prompts: dict[str, Prompt], task_of: dict[str, LabelTask]) -> dict[str, Reply | str]:
+        """custom_id -> the reply, or why that request produced none."""
+        raise NotImplementedError
+
+    # --- the Provider protocol ---------------------------------------------------------------
+    def version(self, task: LabelTask) -> str:
+        return prompt_version(task.taxonomy, task.tier, self.settings(task.tier))
+
+    def label_batch(self, task: LabelTask) -> CallOutcome:
+        """Label one request's items: call, repair the bad answers once, report usage and latency."""
+        return self.label_batches([task])[0]
+
+    def label_batches(self, tasks: list[LabelTask]) -> list[CallOutcome]:
+        """Label many requests of one tier: concurrently under the tier's limits (online), or as one
+        provider batch job (options.mode: batch). Outcomes come back in the order of `tasks`."""
+        if not tasks:
+            return []
+        tier = tasks[0].tier
+        if any(task.tier != tier for task in tasks):
+            raise ValueError("label_batches: all tasks must belong to one tier")
+        self._check_options(tier)
+        self.check_ready(tier)
+        if self.option(tier, "mode", "online") == "batch":
+            return self._label_in_batch(tasks)
+        workers = min(int(self.option(tier, "max_concurrency", 8)), len(tasks))
+        if workers <= 1:
+            return [self._label_online(task) for task in tasks]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{tier.name}-llm") as pool:
+            return list(pool.map(self._label_online, tasks))
+
+    def stats(self, tier_name: str) -> TierStats:
+        with self._lock:
+            return replace(self._stats.setdefault(tier_name, TierStats()))
+
+    def _count(self, tier: TierConfig, **increments: int) -> None:
+        with self._lock:
+            stats = self._stats.setdefault(tier.name, TierStats())
+            for name, amount in increments.items():
+                setattr(stats, name, getattr(stats, name) + amount)
+
+    def rejected(self, tier: TierConfig, where: str, exc: Any) -> Exception:
+        """A refusal no retry fixes (an SDK status error). Key, permission or model problems stop
+        the run, since every other call would fail the same way; a bad request fails this call's
+        items only."""
+        message = f"{where} answered HTTP {exc.status_code}: {_error_message(exc)}"
+        if exc.status_code in (401, 403):
+            key = self.option(tier, "api_key_env", self.key_env)
+            return ProviderConfigError(f"tiers.{tier.name}: {message}; check the key in {key}")
+        if exc.status_code == 404:
+            return ProviderConfigError(f"tiers.{tier.name}: {message}; check the model name {tier.model!r}")
+        return CallFailed(f"request rejected: {message}")
+
+    # --- options ----------------------------------------------------------------------------
+    @staticmethod
+    def option(tier: TierConfig, key: str, default: Any = None) -> Any:
+        value = tier.options.get(key)
+        return default if value is None else value
+
+    def _check_options(self, tier: TierConfig) -> None:
+        unknown = set(tier.options) - _COMMON_OPTIONS - self.provider_options
+        if unknown:
+            known = ", ".join(sorted(_COMMON_OPTIONS | self.provider_options))
+            raise ProviderConfigError(
+                f"tiers.{tier.name}.options: unknown key(s) {sorted(unknown)} for provider "
+                f"{self.provider_name}; known keys: {known}"
+            )
+        mode = self.option(tier, "mode", "online")
+        if mode not in ("online", "batch"):
+            raise ProviderConfigError(f"tiers.{tier.name}.options.mode: {mode!r}; use online or batch")
+
+    def _limiter(self, tier: TierConfig) -> RateLimiter:
+        with self._lock:
+            if tier.name not in self._limiters:
+                self._limiters[tier.name] = RateLimiter(
+                    self.option(tier, "rpm"), self.option(tier, "tpm"), burst_s=float(self.option(tier, "burst_s", 1.0))
+                )
+            return self._limiters[tier.name]
+
+    def _retry_policy(self, tier: TierConfig) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=int(self.option(tier, "max_retries", 5)),
+            backoff_s=float(self.option(tier, "backoff_s", 1.0)),
+            max_backoff_s=float(self.option(tier, "max_backoff_s", 60.0)),
+        )
+
+    def timeout_s(self, tier: TierConfig) -> float:
+        return float(self.option(tier, "timeout_s", 60.0))
+
+    # --- online -----------------------------------------------------------------------------
+    def _label_online(self, task: LabelTask) -> CallOutcome:
+        started = time.monotonic()
+        outcome = self._ask(task)
+        if outcome.failures and outcome.error is None:
+            self._count(task.tier, repairs=1)
+            outcome = merge_repair(outcome, self._ask(repair_task(task, outcome.failures)))
+        outcome.latency_s = time.monotonic() - started
+        return outcome
+
+    def _ask(self, task: LabelTask) -> CallOutcome:
+        tier = task.tier
+        prompt = build_prompt(task)
+        body = self.request_body(task, prompt)
+        estimate = prompt.estimated_input_tokens + estimated_output_tokens(len(task.items), tier.prompt.with_reason)
+        limiter = self._limiter(tier)
+
+        def attempt() -> Reply:
+            limiter.acquire(estimate)
+            self._count(tier, requests=1)
+            return self.send(task, body)
+
+        def on_retry(transient: Transient, delay: float) -> None:
+            self._count(tier, retries=1, rate_limited=int(transient.reason == "HTTP 429"))
+
+        try:
+            reply = call_with_retries(attempt, self.classify, self._retry_policy(tier), limiter=limiter, on_retry=on_retry)
+        except RetriesExhausted as exc:
+            return failed_outcome(task, f"{self.provider_name} call failed: {exc}")
+        except CallFailed as exc:
+            return failed_outcome(task, str(exc))
+        limiter.adjust(estimate, reply.usage.input_tokens + reply.usage.output_tokens)
+        return outcome_from_reply(prompt, task.taxonomy, reply)
+
+    # --- batch mode -------------------------------------------------------------------------
+    def _label_in_batch(self, tasks: list[LabelTask]) -> list[CallOutcome]:
+        started = time.monotonic()
+        tier = tasks[0].tier
+        outcomes = self._batch_round(tasks)
+        to_repair = [i for i, outcome in enumerate(outcomes) if outcome.failures and outcome.error is None]
+        if to_repair:
+            self._count(tier, repairs=len(to_repair))
+            repaired = self._batch_round([repair_task(tasks[i], outcomes[i].failures) for i in to_repair])
+            for i, repair in zip(to_repair, repaired):
+                outcomes[i] = merge_repair(outcomes[i], repair)
+        latency = time.monotonic() - started
+        return [replace(outcome, batch=True, latency_s=latency) for outcome in outcomes]
+
+    def _batch_round(self, tasks: list[LabelTask]) -> list[CallOutcome]:
+        tier = tasks[0].tier
+        prompts = [build_prompt(task) for task in tasks]
+        version = self.version(tasks[0])
+        # the custom id is the request's content hash, so a resumed journal matches only itself
+        custom_ids = [
+            f"r{i}-" + hashlib.sha256(f"{version}\n{p.user}".encode()).hexdigest()[:20] for i, p in enumerate(prompts)
+        ]
+        by_id = dict(zip(custom_ids, prompts))
+        task_of = dict(zip(custom_ids, tasks))
+        journal = self._journal(tier, custom_ids)
+        batch_ids = self._read_journal(journal)
+        if batch_ids:
+            self._count(tier, batches_resumed=len(batch_ids))
+        else:
+            requests = [(cid, self.request_body(task, prompt)) for cid, task, prompt in zip(custom_ids, tasks, prompts)]
+            for chunk in self._chunks(tier, requests):
+                batch_ids.append(self.submit_batch(tier, chunk))
+                self._count(tier, batches_submitted=1)
+                self._write_journal(journal, batch_ids)
+        states = self._wait_for(tier, batch_ids, journal)
+        replies: dict[str, Reply | str] = {}
+        for batch_id in batch_ids:
+            if states[batch_id] == "ended":
+                replies.update(self.batch_results(tier, batch_id, by_id, task_of))
+            else:
+                replies.update({cid: f"{self.provider_name} batch {batch_id} {states[batch_id]}" for cid in custom_ids})
+        outcomes = []
+        for cid, task, prompt in zip(custom_ids, tasks, prompts):
+            reply = replies.get(cid, f"{self.provider_name} batch ended without running this request (expired or cancelled)")
+            outcomes.append(
+                failed_outcome(task, reply) if isinstance(reply, str) else outcome_from_reply(prompt, task.taxonomy, reply)
+            )
+        return outcomes
+
+    def _chunks(self, tier: TierConfig, requests: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
+        """Split into jobs within the provider's per-batch request count and size limits."""
+        max_requests = min(int(self.option(tier, "max_batch_requests", self.batch_max_requests)), self.batch_max_requests)
+        chunks: list[list[tuple[str, dict[str, Any]]]] = [[]]
+        size = 0
+        for request in requests:
+            line = len(json.dumps(request[1]).encode()) + 200  # the envelope around the body
+            if chunks[-1] and (len(chunks[-1]) >= max_requests or size + line > self.batch_max_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(request)
+            size += line
+        return chunks
+
+    def _wait_for(self, tier: TierConfig, batch_ids: list[str], journal: Path | None) -> dict[str, str]:
+        interval = float(self.option(tier, "poll_interval_s", 30.0))
+        deadline = time.monotonic() + float(self.option(tier, "batch_timeout_s", 26 * 3600))
+        states = {batch_id: "running" for batch_id in batch_ids}
+        while True:
+            for batch_id in batch_ids:
+                if states[batch_id] == "running":
+                    states[batch_id] = self.batch_state(tier, batch_id)
+            if all(state != "running" for state in states.values()):
+                break
+            if time.monotonic() > deadline:
+                where = f"; the journal {journal} lets a rerun collect them" if journal else ""
+                raise BatchNotFinished(
+                    f"tiers.{tier.name}: {self.provider_name} batch(es) {batch_ids} still running after "
+                    f"options.batch_timeout_s{where}"
+                )
+            time.sleep(interval)
+        if journal is not None and any(state.startswith("failed") for state in states.values()):
+            journal.unlink(missing_ok=True)  # a failed job must be submitted anew on the next run
+        return states
+
+    def _journal(self, tier: TierConfig, custom_ids: list[str]) -> Path | None:
+        if self.batch_journal_dir is None:
+            return None
+        key = hashlib.sha256("\n".join(custom_ids).encode()).hexdigest()[:24]
+        return Path(self.batch_journal_dir) / f"{self.provider_name}-{tier.name}-{key}.json"
+
+    @staticmethod
+    def _read_journal(journal: Path | None) -> list[str]:
+        if journal is None or not journal.exists():
+            return []
+        return list(json.loads(journal.read_text())["batch_ids"])
+
+    @staticmethod
+    def _write_journal(journal: Path | None, batch_ids: list[str]) -> None:
+        if journal is None:
+            return
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.write_text(json.dumps({"batch_ids": batch_ids}))
+
+
+def _error_message(exc: Any) -> str:
+    """The provider's own error message from an SDK status error (both SDKs keep the JSON body)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return str(getattr(exc, "message", exc))

@@ -1,0 +1,489 @@
+"""A SIMULATED OpenAI + Anthropic HTTP server on 127.0.0.1 for offline provider tests and benchmarks.
+
+It speaks the wire formats the official SDKs use (chat completions, files + batches, messages,
+message batches), records every request for assertions, and answers like a well-behaved model
+would unless a test queues a scripted reply (an error status, a malformed answer, a delay). Nothing
+here is a real model: labels come from `answer` (by default the label whose words appear in the
+text), token counts from a crude word/punctuation count, rate limits from its own token buckets.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hashlib
+import itertools
+import json
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+# a reason of typical length (the prompt allows 15 words), so output token counts are realistic
+SIMULATED_REASON = "simulated: the text asks about this topic more than any other label"
+
+
+def count_tokens(text: str) -> int:
+    """SIMULATED tokenizer: words and punctuation marks. Close enough to a BPE count for limits."""
+    return len(_WORD.findall(text))
+
+
+def default_answer(text: str, labels: list[str]) -> str:
+    """SIMULATED model: the label whose words all appear in the text, else the first label."""
+    lowered = text.lower()
+    for label in labels:
+        if all(word in lowered for word in label.lower().split("_")):
+            return label
+    return labels[0]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any  # decoded JSON, or raw bytes for uploads
+    status: int = 0
+    response: Any = None  # what the server answered (decoded JSON, or bytes)
+
+
+@dataclass
+class Scripted:
+    """A reply queued for the next request to `path`: either a whole HTTP response (status, body,
+    headers) or, with `content`, a normal model answer whose content is replaced."""
+
+    path: str
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    content: Any = None  # OpenAI: message content (str); Anthropic: tool input (dict) or text (str)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class _Bucket:
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(self.rate * burst_s, 1.0)
+        self.level = self.capacity
+        self.at = time.monotonic()
+
+    def wait(self, amount: float) -> float:
+        """Seconds until `amount` may be taken (0: now)."""
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
+        self.at = now
+        need = min(amount, self.capacity)
+        return max(need - self.level, 0.0) / self.rate
+
+
+class FakeLLMServer:
+    """SIMULATED provider endpoints. Use as a context manager; `openai_base_url` / `anthropic_base_url`
+    go to the SDK clients. `rpm` / `tpm` turn on limits answered with 429 + Retry-After."""
+
+    def __init__(
+        self,
+        *,
+        answer: Callable[[str, list[str]], str] = default_answer,
+        confidence: float = 0.9,
+        latency: Callable[[], float] | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst_s: float = 1.0,
+        cache_min_tokens: int = 1024,
+        batch_polls_before_done: int = 1,
+    ) -> None:
+        self.answer = answer
+        self.confidence = confidence
+        self.latency = latency
+        self.cache_min_tokens = cache_min_tokens
+        self.batch_polls_before_done = batch_polls_before_done
+        self.requests: list[Recorded] = []
+        self.rate_limited = 0
+        self._limits = {
+            "requests": _Bucket(rpm, burst_s) if rpm else None,
+            "tokens": _Bucket(tpm, burst_s) if tpm else None,
+        }
+        self._script: deque[Scripted] = deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._seen_prefixes: set[str] = set()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    def enqueue(self, path: str, **reply: Any) -> None:
+        self._script.append(Scripted(path=path, **reply))
+
+    def calls(self, path: str, method: str = "POST") -> list[Recorded]:
+        return [r for r in self.requests if r.path == path and r.method == method]
+
+    # --- HTTP plumbing ---------------------------------------------------------------------
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                return
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                ctype = self.headers.get("content-type", "")
+                body: Any = raw
+                if "application/json" in ctype and raw:
+                    body = json.loads(raw)
+                path = self.path.split("?")[0]
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                recorded = Recorded(method, path, headers, body)
+                with server._lock:
+                    server.requests.append(recorded)
+                status, payload, extra = server._route(method, path, body, ctype)
+                recorded.status, recorded.response = status, payload
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for key, value in extra.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and went away: what a timeout test wants
+
+        return Handler
+
+    def _next_script(self, path: str) -> Scripted | None:
+        with self._lock:
+            for reply in self._script:
+                if reply.path == path:
+                    self._script.remove(reply)
+                    return reply
+        return None
+
+    def _route(self, method: str, path: str, body: Any, ctype: str) -> tuple[int, Any, dict[str, str]]:
+        scripted = self._next_script(path) if method == "POST" else None
+        if scripted is not None:
+            if scripted.delay_s:
+                time.sleep(scripted.delay_s)
+            if scripted.body is not None or scripted.status != 200:
+                return scripted.status, scripted.body or {"error": {"message": "scripted failure"}}, scripted.headers
+        if method == "POST" and path == "/v1/chat/completions":
+            return self._chat(body, scripted)
+        if method == "POST" and path == "/v1/messages":
+            return self._messages(body, scripted)
+        if method == "POST" and path == "/v1/files":
+            return self._upload(body, ctype)
+        if method == "GET" and path.startswith("/v1/files/") and path.endswith("/content"):
+            return 200, self.files[path.split("/")[3]]["content"], {}
+        if method == "POST" and path == "/v1/batches":
+            return self._openai_batch(body)
+        if method == "GET" and path.startswith("/v1/batches/"):
+            return self._openai_batch_status(path.split("/")[3])
+        if method == "POST" and path == "/v1/messages/batches":
+            return self._anthropic_batch(body)
+        if method == "GET" and path.startswith("/v1/messages/batches/"):
+            parts = path.split("/")
+            if len(parts) == 6 and parts[5] == "results":
+                return 200, self.batches[parts[4]]["results"], {}
+            return self._anthropic_batch_status(parts[4])
+        return 404, {"error": {"message": f"no route {method} {path}"}}, {}
+
+    def _limited(self, tokens: int) -> tuple[int, Any, dict[str, str]] | None:
+        """A 429 with Retry-After when the request does not fit the limits; else take its share."""
+        asks = [(self._limits["requests"], 1), (self._limits["tokens"], tokens)]
+        asks = [(bucket, amount) for bucket, amount in asks if bucket is not None]
+        with self._lock:
+            wait = max((bucket.wait(amount) for bucket, amount in asks), default=0.0)
+            if wait <= 0:
+                for bucket, amount in asks:
+                    bucket.level -= amount
+                return None
+            self.rate_limited += 1
+        headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+        return 429, {"error": {"type": "rate_limit_error", "message": "Rate limit reached (simulated)"}}, headers
+
+    # --- OpenAI ----------------------------------------------------------------------------
+    def _chat(self, body: dict[str, Any], scripted: Scripted | None) -> tuple[int, Any, dict[str, str]]:
+        messages = body["messages"]
+        system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+        user = "\n".join(m["content"] for m in messages if m["role"] == "user")
+        schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+        labels = _enum_of(schema)
+        prompt_tokens = count_tokens(system) + count_tokens(user) + count_tokens(json.dumps(schema))
+        content, logprobs = self._content(user, labels, scripted)
+        completion_tokens = count_tokens(content)
+        limited = self._limited(prompt_tokens + (body.get("max_completion_tokens") or completion_tokens))
+        if limited:
+            return limited
+        if self.latency is not None:
+            time.sleep(self.latency())
+        cached = 0
+        prefix_tokens = count_tokens(system)
+        if prefix_tokens >= self.cache_min_tokens:
+            key = hashlib.sha256((body["model"] + system).encode()).hexdigest()
+            with self._lock:
+                if key in self._seen_prefixes:
+                    cached = prefix_tokens
+                self._seen_prefixes.add(key)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": content, "refusal": None},
+            "logprobs": {"content": logprobs, "refusal": None} if body.get("logprobs") else None,
+        }
+        return 200, {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+        }, {}
+
+    def _content(self, user: str, labels: list[str], scripted: Scripted | None) -> tuple[str, list[dict[str, Any]]]:
+        if scripted is not None and scripted.content is not None:
+            content = scripted.content if isinstance(scripted.content, str) else json.dumps(scripted.content)
+            return content, scripted.logprobs or _plain_logprobs(content)
+        content = json.dumps({"items": self._answers(user, labels)})
+        return content, _plain_logprobs(content)
+
+    def _answers(self, user: str, labels: list[str]) -> list[dict[str, Any]]:
+        answers = []
+        for line in user.splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "id" in row and "text" in row:
+                label = self.answer(row["text"], labels)
+                answers.append(
+                    {"id": row["id"], "label": label, "confidence": self.confidence, "reason": SIMULATED_REASON}
+                )
+        return answers
+
+    def _upload(self, body: bytes, ctype: str) -> tuple[int, Any, dict[str, str]]:
+        message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+            f"content-type: {ctype}\r\n\r\n".encode() + body
+        )
+        fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+        file_part = fields["file"]
+        file_id = f"file-{next(self._ids)}"
+        self.files[file_id] = {
+            "content": file_part.get_payload(decode=True),
+            "purpose": fields["purpose"].get_content().strip(),
+            "filename": file_part.get_filename(),
+        }
+        return 200, self._file_object(file_id), {}
+
+    def _file_object(self, file_id: str) -> dict[str, Any]:
+        entry = self.files[file_id]
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(entry["content"]),
+            "created_at": int(time.time()),
+            "filename": entry["filename"] or "upload.jsonl",
+            "purpose": entry["purpose"],
+            "status": "processed",
+        }
+
+    def _openai_batch(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        batch_id = f"batch_{next(self._ids)}"
+        self.batches[batch_id] = {"request": body, "polls": 0, "kind": "openai"}
+        return 200, self._openai_batch_object(batch_id, "validating"), {}
+
+    def _openai_batch_status(self, batch_id: str) -> tuple[int, Any, dict[str, str]]:
+        batch = self.batches[batch_id]
+        batch["polls"] += 1
+        if batch["polls"] <= self.batch_polls_before_done:
+            return 200, self._openai_batch_object(batch_id, "in_progress"), {}
+        if "output_file_id" not in batch:
+            self._run_openai_batch(batch_id)
+        return 200, self._openai_batch_object(batch_id, "completed"), {}
+
+    def _run_openai_batch(self, batch_id: str) -> None:
+        batch = self.batches[batch_id]
+        lines = self.files[batch["request"]["input_file_id"]]["content"].decode().splitlines()
+        out, errors = [], []
+        for line in lines:
+            request = json.loads(line)
+            scripted = self._next_script("batch:" + request["custom_id"]) or self._next_script("/v1/chat/completions")
+            if scripted is not None and scripted.status != 200:
+                errors.append({"id": f"r{next(self._ids)}", "custom_id": request["custom_id"], "response": None,
+                               "error": {"code": "server_error", "message": "simulated failure"}})
+                continue
+            status, response, _ = self._chat(request["body"], scripted)
+            out.append({"id": f"r{next(self._ids)}", "custom_id": request["custom_id"],
+                        "response": {"status_code": status, "request_id": "req", "body": response}, "error": None})
+        for key, rows in (("output_file_id", out), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{next(self._ids)}"
+                self.files[file_id] = {"content": "".join(json.dumps(r) + "\n" for r in rows).encode(),
+                                       "purpose": "batch_output", "filename": f"{batch_id}_{key}.jsonl"}
+                batch[key] = file_id
+            else:
+                batch[key] = None
+
+    def _openai_batch_object(self, batch_id: str, status: str) -> dict[str, Any]:
+        batch = self.batches[batch_id]
+        return {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": batch["request"]["endpoint"],
+            "completion_window": batch["request"]["completion_window"],
+            "input_file_id": batch["request"]["input_file_id"],
+            "status": status,
+            "created_at": int(time.time()),
+            "output_file_id": batch.get("output_file_id"),
+            "error_file_id": batch.get("error_file_id"),
+        }
+
+    # --- Anthropic -------------------------------------------------------------------------
+    def _messages(self, body: dict[str, Any], scripted: Scripted | None) -> tuple[int, Any, dict[str, str]]:
+        system_blocks = body.get("system") or []
+        if isinstance(system_blocks, str):
+            system_blocks = [{"type": "text", "text": system_blocks}]
+        system = "\n".join(block["text"] for block in system_blocks)
+        user_content = body["messages"][-1]["content"]
+        user = user_content if isinstance(user_content, str) else "\n".join(b.get("text", "") for b in user_content)
+        tools = body.get("tools") or []
+        schema = tools[0]["input_schema"] if tools else (body.get("output_config") or {}).get("format", {}).get("schema", {})
+        labels = _enum_of(schema)
+        prefix_tokens = count_tokens(json.dumps(tools)) + count_tokens(system)
+        total_input = prefix_tokens + count_tokens(user)
+        if scripted is not None and scripted.content is not None:
+            result = scripted.content
+        else:
+            result = {"items": self._answers(user, labels)}
+        output_text = result if isinstance(result, str) else json.dumps(result)
+        limited = self._limited(total_input + body["max_tokens"])
+        if limited:
+            return limited
+        if self.latency is not None:
+            time.sleep(self.latency())
+        cache_read = cache_write = 0
+        if any(block.get("cache_control") for block in system_blocks) and prefix_tokens >= self.cache_min_tokens:
+            key = hashlib.sha256((body["model"] + json.dumps(tools) + system).encode()).hexdigest()
+            with self._lock:
+                if key in self._seen_prefixes:
+                    cache_read = prefix_tokens
+                else:
+                    cache_write = prefix_tokens
+                self._seen_prefixes.add(key)
+        if tools and not isinstance(result, str):
+            content = [{"type": "tool_use", "id": f"toolu_{next(self._ids)}", "name": tools[0]["name"], "input": result}]
+            stop_reason = "tool_use"
+        else:
+            content = [{"type": "text", "text": output_text}]
+            stop_reason = "end_turn"
+        return 200, {
+            "id": f"msg_{next(self._ids)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": total_input - cache_read - cache_write,
+                "cache_creation_input_tokens": cache_write,
+                "cache_read_input_tokens": cache_read,
+                "output_tokens": count_tokens(output_text),
+            },
+        }, {}
+
+    def _anthropic_batch(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        batch_id = f"msgbatch_{next(self._ids)}"
+        self.batches[batch_id] = {"request": body, "polls": 0, "kind": "anthropic"}
+        return 200, self._anthropic_batch_object(batch_id, "in_progress"), {}
+
+    def _anthropic_batch_status(self, batch_id: str) -> tuple[int, Any, dict[str, str]]:
+        batch = self.batches[batch_id]
+        batch["polls"] += 1
+        if batch["polls"] <= self.batch_polls_before_done:
+            return 200, self._anthropic_batch_object(batch_id, "in_progress"), {}
+        if "results" not in batch:
+            lines = []
+            for request in batch["request"]["requests"]:
+                scripted = self._next_script("batch:" + request["custom_id"]) or self._next_script("/v1/messages")
+                if scripted is not None and scripted.status != 200:
+                    result: dict[str, Any] = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "simulated failure"}}}
+                else:
+                    _, message, _ = self._messages(request["params"], scripted)
+                    result = {"type": "succeeded", "message": message}
+                lines.append(json.dumps({"custom_id": request["custom_id"], "result": result}) + "\n")
+            batch["results"] = "".join(lines).encode()
+        return 200, self._anthropic_batch_object(batch_id, "ended"), {}
+
+    def _anthropic_batch_object(self, batch_id: str, status: str) -> dict[str, Any]:
+        ended = status == "ended"
+        n = len(self.batches[batch_id]["request"]["requests"])
+        return {
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {"processing": 0 if ended else n, "succeeded": n if ended else 0,
+                               "errored": 0, "canceled": 0, "expired": 0},
+            "created_at": "2026-11-01T00:00:00Z",
+            "expires_at": "2026-11-02T00:00:00Z",
+            "ended_at": "2026-11-01T00:10:00Z" if ended else None,
+            "results_url": f"{self.url}/v1/messages/batches/{batch_id}/results" if ended else None,
+        }
+
+
+def _enum_of(schema: dict[str, Any]) -> list[str]:
+    """The taxonomy as the request's own schema states it (the label enum)."""
+    try:
+        return schema["properties"]["items"]["items"]["properties"]["label"]["enum"]
+    except (KeyError, TypeError):
+        return ["unknown"]
+
+
+def _plain_logprobs(content: str) -> list[dict[str, Any]]:
+    """SIMULATED token logprobs: the content cut into word/punctuation pieces, each certain."""
+    pieces = re.findall(r"\w+|\s+|[^\w\s]", content)
+    return [{"token": piece, "logprob": 0.0, "bytes": None, "top_logprobs": []} for piece in pieces]
