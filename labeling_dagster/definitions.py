@@ -10,14 +10,33 @@ import dagster as dg
 
 from labeling_dagster.assets import build_assets
 from labeling_dagster.assets.common import monthly_partitions
-from labeling_dagster.project import load_project
+from labeling_dagster.project import Project, load_project
+from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
+from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse
 from labeling_dagster.schedules import monthly_job, monthly_schedule
 from labeling_dagster.sensors import review_sensor
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"
+
+
+def _key(variable: str) -> dg.EnvVar | None:
+    """A key is read from the environment at run time (dg.EnvVar), never stored; a project without
+    paid tiers needs none, and a paid tier without its key fails before any call, naming the variable."""
+    return dg.EnvVar(variable) if os.environ.get(variable) else None
+
+
+def check_paid_tiers(project: Project) -> None:
+    """Raise ProviderConfigError, naming the variable, if a paid tier cannot be called (no key)."""
+    for tier in project.tiers:
+        if tier.provider == "openai":
+            OpenAIProvider(api_key=os.environ.get("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL")).check_ready(tier)
+        elif tier.provider == "anthropic":
+            AnthropicProvider(
+                api_key=os.environ.get("ANTHROPIC_API_KEY"), base_url=os.environ.get("ANTHROPIC_BASE_URL")
+            ).check_ready(tier)
 
 
 def build_definitions(
@@ -28,6 +47,7 @@ def build_definitions(
     """`resource_overrides` replaces resources by key, e.g. a benchmark's instant provider."""
     project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
     partitions = monthly_partitions(project)
+    journal = str(project.root / ".batches")  # open provider batch jobs, so a crashed run collects them
     job = monthly_job()
     return dg.Definitions(
         assets=build_assets(partitions),
@@ -38,6 +58,12 @@ def build_definitions(
             "project": ProjectResource(project_file=str(project_file)),
             "warehouse": Warehouse(database=str(warehouse or project.warehouse_path)),
             "local_model": LocalModelProvider(project_file=str(project_file)),
+            "openai": OpenAIProvider(
+                api_key=_key("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL"), batch_journal_dir=journal
+            ),
+            "anthropic": AnthropicProvider(
+                api_key=_key("ANTHROPIC_API_KEY"), base_url=os.environ.get("ANTHROPIC_BASE_URL"), batch_journal_dir=journal
+            ),
             **(resource_overrides or {}),
         },
         # DuckDB allows one writer: steps of a run go one after another in one process.

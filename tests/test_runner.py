@@ -82,11 +82,17 @@ def test_crash_then_resume_pays_only_for_what_was_missing(cache) -> None:
 
 
 def test_budget_stops_the_tier_and_sends_the_rest_on(cache) -> None:
-    per_call = 2 * (700 * 0.05 + 40 * 0.40) / 1e6
-    result = run(KeywordProvider(), cache, Budget(monthly_usd=per_call * 1.5))
-    assert result.calls_made == 2  # the second call starts under budget, the third would not
-    assert result.budget_stopped == 1
+    # Projections come from the prompt that would be sent (instructions, 2 label definitions, items),
+    # so a budget of a little over one projected call allows the first call and stops before the rest.
+    from labeling_dagster.core.runner import _projected_usd
+
+    task = LabelTask(TAXONOMY, TIER, ITEMS[:2])
+    one_call = _projected_usd([("k", task)], PRICE, batch=False)
+    result = run(KeywordProvider(), cache, Budget(monthly_usd=one_call * 1.5))
+    assert result.calls_made == 1
+    assert result.budget_stopped == 3
     assert result.failures["t4"].startswith("budget reached")
+    assert result.usd_paid <= one_call * 1.5 + result.usd_paid / result.calls_made  # at most the call in flight
     assert set(result.answers) | set(result.failures) == {item.item_id for item in ITEMS}
 
 

@@ -2,6 +2,7 @@
 decides with the routing bands where each item goes next (accepted, QA, adjudication, people)."""
 
 import json
+import re
 from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
@@ -11,7 +12,9 @@ from labeling_dagster.core import routing
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
 from labeling_dagster.core.runner import run_tier
 from labeling_dagster.project import Project
+from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
+from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, naive_utc, read_window, replace_window
 
@@ -104,10 +107,15 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
         project: ProjectResource,
         warehouse: Warehouse,
         local_model: LocalModelProvider,
+        openai: OpenAIProvider,
+        anthropic: AnthropicProvider,
     ) -> dg.MaterializeResult:
         spec = project.load()
         tier = spec.tier(stage.role)
-        providers = {"local": local_model}
+        providers = {"local": local_model, "openai": openai, "anthropic": anthropic}
+        if tier is not None and tier.provider != "local":
+            providers[tier.provider].check_ready(tier)  # a missing key fails here, before any call
+        failure_reasons: dict[str, int] = {}
         rows: list[dict] = []
         totals = {"items": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0, "budget_stopped": 0}
         with warehouse.session() as conn:
@@ -130,6 +138,9 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
                 for item in todo:
                     answer = result.answers.get(item.item_id)
                     failure = None if answer else result.failures.get(item.item_id, "no answer")
+                    if failure:
+                        kind = re.sub(r"[\d.$']+|\(.*\)", "", failure.split(";")[0]).strip()
+                        failure_reasons[kind] = failure_reasons.get(kind, 0) + 1
                     route = _route(stage, spec, item, answer, failure, earlier.get(item.item_id, {}))
                     call_id = result.call_of.get(item.item_id)
                     rows.append({
@@ -153,6 +164,7 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
             frame = pd.DataFrame(rows)
             replace_window(conn, stage.asset, frame, context.partition_time_window)
         routes = frame["next_step"].value_counts().rename_axis("next_step").reset_index() if len(frame) else frame
+        stats = providers[tier.provider].stats(tier.name).__dict__ if tier and tier.provider != "local" else {}
         return dg.MaterializeResult(
             metadata={
                 "tier": tier.name if tier else "(none configured)",
@@ -160,6 +172,10 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
                 **totals,
                 "usd_paid": dg.MetadataValue.float(round(totals["usd_paid"], 6)),
                 "next_steps": markdown_table(routes),
+                "failures_by_reason": dg.MetadataValue.md(
+                    "\n".join(f"- {reason}: {count}" for reason, count in sorted(failure_reasons.items())) or "_none_"
+                ),
+                **{f"provider_{name}": value for name, value in stats.items()},
             }
         )
 

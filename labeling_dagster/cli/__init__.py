@@ -61,8 +61,15 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
     resumes, reusing every model call already stored (nothing is paid twice). Exit code 0 when every
     month succeeded, 1 when a run failed, 2 for bad input.
     """
+    from labeling_dagster.definitions import check_paid_tiers
+    from labeling_dagster.resources.llm import ProviderConfigError
+
     project = load(project_path)
     months = months_between(project, first, last)
+    try:
+        check_paid_tiers(project)
+    except ProviderConfigError as exc:
+        fail(str(exc))
     warehouse_path = Path(warehouse) if warehouse else project.warehouse_path
     out = console()
     on_instance = instance()

@@ -21,6 +21,7 @@ from labeling_dagster.core.labels import (
     validate_outcome,
 )
 from labeling_dagster.core.pricing import ModelPrice, call_usd
+from labeling_dagster.core.prompts import build_prompt, estimated_output_tokens
 from labeling_dagster.project import Budget, Taxonomy, TierConfig
 
 
@@ -100,20 +101,21 @@ def run_tier(
             pending.append((key, task))
 
     label_many = getattr(provider, "label_batches", None)
-    wave = max(1, int(tier.options.get("concurrency", 8))) if label_many else 1
     spent = spent_before
     done = len(tasks) - len(pending)
-    for start in range(0, len(pending), wave):
-        group = pending[start : start + wave]
-        if price is not None and spent >= budget.monthly_usd:
+    for group in _waves(pending, tier, concurrent=label_many is not None):
+        projected = spent + (_projected_usd(group, price, batch=tier.options.get("mode") == "batch") if price else 0.0)
+        if price is not None and (spent >= budget.monthly_usd or projected > budget.monthly_usd):
             if budget.on_exceeded == "fail":
                 raise BudgetExceeded(
-                    f"tier {tier.name}: the month has spent ${spent:.2f} of its ${budget.monthly_usd:.2f} budget; "
-                    f"raise budget.monthly_usd or set budget.on_exceeded: queue"
+                    f"tier {tier.name}: the month has spent ${spent:.4f} of its ${budget.monthly_usd:.2f} budget "
+                    f"and the next calls would bring it to about ${projected:.4f}; raise budget.monthly_usd or set "
+                    f"budget.on_exceeded: queue"
                 )
-            for _, task in pending[start:]:
+            stopped = pending[pending.index(group[0]):]
+            for _, task in stopped:
                 for item in task.items:
-                    result.failures[item.item_id] = f"budget reached (${spent:.2f} of ${budget.monthly_usd:.2f})"
+                    result.failures[item.item_id] = f"budget reached (${spent:.4f} of ${budget.monthly_usd:.2f})"
                     result.budget_stopped += 1
             break
         outcomes = label_many([task for _, task in group]) if label_many else [provider.label_batch(group[0][1])]
@@ -141,6 +143,31 @@ def run_tier(
             if on_progress:
                 on_progress(done, len(tasks))
     return result
+
+
+def _waves(pending: list[tuple[str, LabelTask]], tier: TierConfig, *, concurrent: bool) -> Iterable[list]:
+    """Groups of calls sent together: the budget is checked before each group, so spend can pass the
+    budget by at most one group (the calls in flight). A batch-mode tier sends one provider batch job."""
+    if tier.options.get("mode") == "batch":
+        size = max(1, int(tier.options.get("max_batch_requests", len(pending) or 1)))
+    else:
+        size = max(1, int(tier.options.get("max_concurrency", 8))) if concurrent else 1
+    for start in range(0, len(pending), size):
+        yield pending[start : start + size]
+
+
+def _projected_usd(group: list[tuple[str, LabelTask]], price: ModelPrice, *, batch: bool) -> float:
+    """What a group of calls is expected to cost, from the prompts that will be sent."""
+    usd = 0.0
+    for _, task in group:
+        prompt = build_prompt(task)
+        usd += call_usd(
+            price,
+            input_tokens=prompt.estimated_input_tokens,
+            output_tokens=estimated_output_tokens(len(task.items), task.tier.prompt.with_reason),
+            batch=batch,
+        )
+    return usd
 
 
 def _absorb(result: TierResult, key: str, task: LabelTask, outcome: CallOutcome) -> None:

@@ -95,8 +95,9 @@ def replace_window(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFr
 
 
 class DuckDBCallCache:
-    """core.runner.CallCache over the `model_calls` table. Only successful calls are served again;
-    a failed call is retried (and its row replaced) on the next run."""
+    """core.runner.CallCache over the `model_calls` table. Calls that answered (status ok, or partial:
+    some items failed even after the repair attempt) are served again and never paid twice; a call
+    that answered nothing (status error) is retried, and its row replaced, on the next run."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, month: datetime, run_id: str):
         self.conn, self.month, self.run_id = conn, naive_utc(month), run_id
@@ -104,7 +105,7 @@ class DuckDBCallCache:
     def get(self, call_id: str) -> CallRecord | None:
         row = self.conn.execute(
             """SELECT tier, provider, model, prompt_version, item_count, usd, response FROM model_calls
-               WHERE call_id = ? AND status = 'ok'""",
+               WHERE call_id = ? AND status IN ('ok', 'partial')""",
             [call_id],
         ).fetchone()
         if row is None:

@@ -1,0 +1,94 @@
+"""The paid tiers through Dagster, end to end, against the SIMULATED OpenAI/Anthropic server of
+tests/fake_llm_server.py (the real SDKs over HTTP on 127.0.0.1): USD in the ledger, a rerun that
+sends no request, the budget stop, and the missing-key message."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_llm_server import FakeLLMServer  # noqa: E402
+
+from labeling_dagster.cli import main  # noqa: E402
+from tests.test_pipeline import run_month, table  # noqa: E402
+
+LOCAL_TIERS = """tiers:
+  - {name: first_pass, role: first_pass, provider: local, model: words, items_per_request: 5, options: {features: words, C: 5}}
+  - {name: qa, role: qa, provider: local, model: chars, items_per_request: 5, options: {features: words+chars, C: 5}}
+"""
+
+
+def paid_tiers(server: FakeLLMServer) -> str:
+    return f"""tiers:
+  - {{name: first_pass, role: first_pass, provider: openai, model: gpt-5-nano, items_per_request: 4,
+      options: {{base_url: "{server.openai_base_url}", max_concurrency: 2}}}}
+  - {{name: qa, role: qa, provider: anthropic, model: claude-haiku-4-5, items_per_request: 4,
+      options: {{base_url: "{server.anthropic_base_url}", api_key_env: TEST_ANTHROPIC_KEY}}}}
+  - {{name: adjudication, role: adjudication, provider: openai, model: gpt-5.2, items_per_request: 4,
+      options: {{base_url: "{server.openai_base_url}"}}}}
+"""
+
+
+@pytest.fixture
+def server():
+    # Every answer at confidence 0.5: the first pass sends everything to QA, QA (qa_accept_at 0.95)
+    # sends it on to adjudication, which (adjudication_accept_at 0.7) sends it to people.
+    with FakeLLMServer(confidence=0.5) as fake:
+        yield fake
+
+
+@pytest.fixture
+def paid_project(tiny_project: Path, server: FakeLLMServer, monkeypatch) -> Path:
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "test-key-for-the-simulated-server")
+    yaml = tiny_project / "project.yaml"
+    text = yaml.read_text().replace(LOCAL_TIERS, paid_tiers(server)).replace("qa_accept_at: 0.4", "qa_accept_at: 0.95")
+    assert "gpt-5-nano" in text
+    yaml.write_text(text)
+    return tiny_project
+
+
+def test_paid_tiers_cost_what_the_provider_reported(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(paid_project, warehouse).success
+    requests = len(server.requests)
+    assert len(server.calls("/v1/chat/completions")) > 0 and len(server.calls("/v1/messages")) > 0
+
+    calls = dict(table(warehouse, "SELECT tier, SUM(usd) FROM model_calls GROUP BY 1"))
+    assert set(calls) == {"first_pass", "qa", "adjudication"} and all(usd > 0 for usd in calls.values())
+    ledger = dict(table(warehouse, "SELECT tier, usd FROM cost_ledger WHERE kind = 'model'"))
+    assert ledger == pytest.approx(calls)
+    tokens = table(warehouse, "SELECT SUM(input_tokens), SUM(output_tokens) FROM model_calls WHERE tier = 'first_pass'")[0]
+    assert tokens[0] > 0 and tokens[1] > 0
+    assert table(warehouse, "SELECT COUNT(*) FROM adjudicated_labels") == [(13 - 1,)]  # all but the vip item
+    assert table(warehouse, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM final_labels") == [(13, 13)]
+
+    # A rerun sends nothing: every call is served from model_calls; the ledger shows it as reused.
+    assert run_month(paid_project, warehouse).success
+    assert len(server.requests) == requests
+    reused = table(warehouse, "SELECT SUM(calls), SUM(calls_reused), SUM(usd), SUM(usd_reused) FROM cost_ledger WHERE kind = 'model'")[0]
+    assert reused[0] == reused[1] and reused[2] == pytest.approx(sum(calls.values())) and reused[3] == pytest.approx(reused[2])
+
+
+def test_budget_stop_sends_the_rest_to_people(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    yaml = paid_project / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("budget: {monthly_usd: 5}", "budget: {monthly_usd: 0.00001}"))
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(paid_project, warehouse).success
+    assert server.requests == []  # the first projected call is already over budget
+    reasons = table(warehouse, "SELECT COUNT(*) FROM review_queue WHERE queue_reason LIKE '%budget reached%'")
+    assert reasons == [(12,)]
+    assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE status = 'pending_human'") == [(13,)]
+
+
+def test_llm_profile_without_keys_fails_at_once(monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    example = Path(__file__).resolve().parent.parent / "examples" / "support_tickets_llm"
+    result = CliRunner().invoke(main, ["run", "--project", str(example), "--month", "2026-08"])
+    assert result.exit_code == 2
+    assert "OPENAI_API_KEY is not set" in result.output
