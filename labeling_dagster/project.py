@@ -182,6 +182,16 @@ class HumanReview(_Strict):
         return self.hourly_rate_usd / self.reviews_per_hour
 
 
+class Quality(_Strict):
+    """The golden run: each tier labels a fixed sample of the golden set every month (stored calls make
+    later months free), its answers calibrate the tier and feed the quality report and the recommender."""
+
+    golden_sample_size: int = Field(default=500, ge=0, description="golden items each tier labels; 0 turns it off")
+    max_usd: float = Field(default=1.0, ge=0, description="spend cap of the golden run per month")
+    calibration: Literal["isotonic", "platt", "none"] = "isotonic"
+    target_accuracy: float = Field(default=0.95, gt=0, le=1, description="what the band recommender aims at")
+
+
 class Budget(_Strict):
     monthly_usd: float = Field(ge=0)
     on_exceeded: Literal["queue", "fail"] = "queue"
@@ -197,6 +207,7 @@ class Project(_Strict):
     routing: Routing = Routing()
     human_review: HumanReview = HumanReview()
     budget: Budget
+    quality: Quality = Quality()
     prices: dict[str, ModelPrice] = {}
     warehouse: str = Field(default="warehouse.duckdb", description="DuckDB file, relative to the project folder")
     exports_dir: str = "exports"

@@ -35,12 +35,13 @@ MODEL_ROWS = """
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         **monthly_asset_args(partitions),
-        deps=[*TIER_TABLES, "review_queue", "human_reviews", "final_labels"],
+        deps=["golden_labels", *TIER_TABLES, "review_queue", "human_reviews", "final_labels"],
         check_specs=checks.ledger_specs("cost_ledger"),
         kinds={"duckdb"},
     )
     def cost_ledger(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
-        """Per month: one `model` row per tier and model (items, calls, calls served from the call cache,
+        """Per month: one `model` row per tier and model, and per tier of the golden run
+        (`golden_run:<tier>`) (items, calls, calls served from the call cache,
         tokens as the provider reported them, compute seconds, USD, and the USD of reused calls, which
         the latest run did not pay again); a `human_review` row (reviews received: their recorded
         seconds at the hourly rate, or hourly rate / reviews per hour each); a `human_review_pending`
@@ -52,7 +53,9 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         with warehouse.session() as conn:
             for month, window in months_in(context.partition_time_window):
                 stamp = naive_utc(window.start)
-                labels = pd.concat([read_window(conn, table, window) for table in TIER_TABLES], ignore_index=True)
+                golden = read_window(conn, "golden_labels", window)
+                golden = golden.assign(tier="golden_run:" + golden["tier"]) if len(golden) else golden
+                labels = pd.concat([read_window(conn, table, window) for table in TIER_TABLES] + [golden], ignore_index=True)
                 if len(labels):
                     conn.register("incoming_labels", labels)
                     model = conn.execute(MODEL_ROWS, {"month": stamp}).df()

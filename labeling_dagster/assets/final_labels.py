@@ -6,7 +6,7 @@ import pandas as pd
 from labeling_dagster import checks
 from labeling_dagster.assets.common import monthly_asset_args, months_in
 from labeling_dagster.assets.review_queue import TIER_TABLES, latest_rows
-from labeling_dagster.core.quality import golden_answers, golden_score
+from labeling_dagster.core.quality import golden_score, held_out_answers
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
 
@@ -50,7 +50,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         labor (and, while pending, the reviews it still needs). This is the table downstream users read."""
         spec = project.load()
         per_review = spec.human_review.usd_per_review
-        answers = golden_answers(spec)
+        answers = held_out_answers(spec)
         frames, raws, rejected = [], [], 0
         with warehouse.session() as conn:
             for month, window in months_in(context.partition_time_window):

@@ -3,11 +3,12 @@ decides with the routing bands where each item goes next (accepted, QA, adjudica
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import dagster as dg
 import pandas as pd
 
 from labeling_dagster.assets.common import items_from, markdown_table, monthly_asset_args, months_in
+from labeling_dagster.assets.golden_labels import calibrated, stored_calibrator
 from labeling_dagster.core import routing
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
 from labeling_dagster.core.runner import run_tier
@@ -31,22 +32,22 @@ STAGES = [
     Stage(
         "first_pass_labels",
         "first_pass",
-        ["raw_items"],
-        """One row per item of the month: the first-pass tier's label, confidence, reason and
+        ["raw_items", "golden_labels"],
+        """One row per item of the month: the first-pass tier's label, calibrated and raw confidence, reason and
         alternatives (or why it gave none), the call that produced it, and where the item goes next
         (accept, qa, adjudication, human) with the reason. Read by qa_labels, review_queue, final_labels.""",
     ),
     Stage(
         "qa_labels",
         "qa",
-        ["raw_items", "first_pass_labels"],
+        ["raw_items", "golden_labels", "first_pass_labels"],
         """One row per item the first pass sent to QA (QA band, random audit, first-pass failures):
         the QA tier's answer, given the first-pass answer, and where the item goes next.""",
     ),
     Stage(
         "adjudicated_labels",
         "adjudication",
-        ["raw_items", "first_pass_labels", "qa_labels"],
+        ["raw_items", "golden_labels", "first_pass_labels", "qa_labels"],
         """One row per item sent to the premium adjudicator (its band, QA disagreements): its answer,
         given the earlier answers, and whether it settles the item or sends it to people.""",
     ),
@@ -67,14 +68,16 @@ def _select(stage: Stage, conn, window: dg.TimeWindow, items: list[Item]):
     """The items this stage labels, the earlier answers it is shown, and how to route its answers."""
     if stage.role == "first_pass":
         return items, {}, {}
-    earlier = {name: read_window(conn, name, window) for name in stage.upstream[1:]}
+    earlier = {name: read_window(conn, name, window) for name in stage.upstream if name.endswith("_labels") and name != "golden_labels"}
     wanted = set().union(*(_routed(frame, stage.role) for frame in earlier.values()))
     prior: dict[str, list[PriorAnswer]] = {}
     answers: dict[str, dict[str, Answer | None]] = {}
     for frame in earlier.values():
         for row in frame[frame["item_id"].isin(wanted)].to_dict("records"):
             prior.setdefault(row["item_id"], []).append(
-                PriorAnswer(row["tier"], None if pd.isna(row["label"]) else row["label"], row["confidence"], row["reason"] or row["failure"] or "")
+                # the earlier tier's own number (raw), as the model said it: prompts do not change with calibration
+                PriorAnswer(row["tier"], None if pd.isna(row["label"]) else row["label"],
+                            None if pd.isna(row["raw_confidence"]) else row["raw_confidence"], row["reason"] or row["failure"] or "")
             )
             answers.setdefault(row["item_id"], {})[row["tier"]] = _answer(row)
     return [item for item in items if item.item_id in wanted], prior, answers
@@ -135,8 +138,11 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
                     price=price, budget=spec.budget, spent_before=cache.month_spend(), prior=prior,
                     on_progress=lambda done, total: context.log.debug(f"{month} {tier.name}: call {done}/{total}"),
                 )
+                calibrator = stored_calibrator(conn, window, tier.name, result.version)
                 for item in todo:
-                    answer = result.answers.get(item.item_id)
+                    raw = result.answers.get(item.item_id)
+                    # The bands compare calibrated confidence: what the golden run says the raw number is worth.
+                    answer = replace(raw, confidence=calibrated(calibrator, raw.confidence)) if raw else None
                     failure = None if answer else result.failures.get(item.item_id, "no answer")
                     if failure:
                         kind = re.sub(r"[\d.$']+|\(.*\)", "", failure.split(";")[0]).strip()
@@ -148,6 +154,8 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
                         "provider": tier.provider, "model": tier.model, "prompt_version": result.version,
                         "label": answer.label if answer else None,
                         "confidence": answer.confidence if answer else None,
+                        "raw_confidence": raw.confidence if raw else None,
+                        "calibration_version": calibrator.version if calibrator else None,
                         "reason": answer.reason if answer else None,
                         "alternatives": json.dumps(answer.alternatives) if answer else None,
                         "failure": failure, "call_id": call_id, "reused": call_id in result.reused_calls,

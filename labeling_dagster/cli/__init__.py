@@ -26,6 +26,7 @@ from labeling_dagster.cli.common import (
     run_problem,
 )
 from labeling_dagster.cli.estimate import estimate
+from labeling_dagster.cli.recommend import recommend_command
 from labeling_dagster.cli.review import review
 
 PROJECT_OPTION = click.option(
@@ -40,8 +41,8 @@ def main() -> None:
 
     A project folder holds project.yaml (taxonomy, source files, tiers, routing, people, budget,
     prices). `labeling run` labels months of it; `labeling summary` shows what a run left;
-    `labeling review` exports the queue and imports people's answers; `labeling estimate` prices a
-    workload before anything is spent.
+    `labeling review` exports the queue and imports people's answers; `labeling recommend` proposes
+    routing bands from the golden run; `labeling estimate` prices a workload before anything is spent.
     """
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -105,3 +106,4 @@ def summary(project_path: str, first: str, last: str | None, warehouse: str | No
 
 main.add_command(estimate)
 main.add_command(review)
+main.add_command(recommend_command)

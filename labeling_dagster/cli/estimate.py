@@ -138,6 +138,39 @@ def _print_ground_truth(console: Console, gt: GroundTruthEstimate, pipeline_usd:
     console.print(table)
 
 
+def _project_estimate(project_path: str | None, month: str | None, as_json: bool) -> None:
+    from labeling_dagster.cli.common import load, months_between
+    from labeling_dagster.cli.recommend import month_bill
+
+    if not (project_path and month):
+        raise click.UsageError("--project and --month go together")
+    project = load(project_path)
+    months_between(project, month, None)
+    bill = month_bill(project, month, project.warehouse_path)
+    if as_json:
+        click.echo(json.dumps(bill, indent=2, default=str))
+        return
+    console = _console()
+    tokens = Table(title=f"{bill['project']} {month}: tokens per item of the real prompts", title_justify="left")
+    for column in ("tier", "model", "input_tokens_per_item", "output_tokens_per_item", "ledger_ratio",
+                   "corrected_input_tokens_per_item"):
+        tokens.add_column(column)
+    for row in bill["tokens"]:
+        tokens.add_row(*[str(row[c]) for c in ("tier", "model", "input_tokens_per_item", "output_tokens_per_item",
+                                               "ledger_ratio", "corrected_input_tokens_per_item")])
+    console.print(tokens if bill["tokens"] else "no paid tier: every tier is local (USD 0 per call)")
+    console.print(bill["token_approximation"])
+    table = Table(title=f"{bill['items']:,} items: the month's bill by band set", title_justify="left")
+    for column in ("", "current", "recommended"):
+        table.add_column(column, justify="right" if column else "left")
+    current, chosen = bill["current"], bill["recommended"]
+    table.add_row("expected accuracy", f"{current['expected_accuracy']:.3f}", f"{chosen['expected_accuracy']:.3f}")
+    for layer, usd in current["usd_per_item_by_layer"].items():
+        table.add_row(f"USD {layer}", f"{usd * bill['items']:,.2f}", f"{chosen['usd_per_item_by_layer'][layer] * bill['items']:,.2f}")
+    table.add_row("USD total", f"{current['usd_per_month']:,.2f}", f"{chosen['usd_per_month']:,.2f}")
+    console.print(table)
+
+
 @click.command("estimate")
 @click.option(
     "--items",
@@ -192,6 +225,10 @@ def _print_ground_truth(console: Console, gt: GroundTruthEstimate, pipeline_usd:
     show_default=True,
     help="Ground Truth's own fee per labeled object, left out of the guide's figures.",
 )
+@click.option("--project", "project_path", type=click.Path(exists=True), default=None,
+              help="With --month: token counts of the real prompts for the month's items, and the month's "
+              "bill under the current and the recommended bands (needs the month's golden run).")
+@click.option("--month", default=None, help="The month, YYYY-MM, with --project.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def estimate(
     items: int | None,
@@ -204,6 +241,8 @@ def estimate(
     task_type: str | None,
     gt_workers: int,
     gt_fee_per_object: float,
+    project_path: str | None,
+    month: str | None,
     as_json: bool,
 ) -> None:
     """Estimate labeling cost: every model at one prompt size, or a routing mix's monthly bill.
@@ -212,6 +251,9 @@ def estimate(
     labeling estimate --items 1000000 --input-tokens 700 --output-tokens 40
     labeling estimate --mix examples/mixes/routed_pipeline.yaml --ground-truth text_classification
     """
+    if project_path is not None or month is not None:
+        _project_estimate(project_path, month, as_json)
+        return
     try:
         catalog = _catalog(prices_path)
         if mix_path is not None:

@@ -9,7 +9,7 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
-from labeling_dagster.core.quality import golden_answers, golden_score
+from labeling_dagster.core.quality import golden_score, held_out_answers
 from labeling_dagster.project import Project
 
 
@@ -52,7 +52,7 @@ def month_summary(conn: duckdb.DuckDBPyConnection, project: Project, month: str)
            JOIN raw_items r USING (month, item_id) WHERE f.month = ?""",
         [stamp],
     ).df()
-    score = golden_score(final, golden_answers(project))
+    score = golden_score(final, held_out_answers(project))
     summary.golden_items, summary.golden_labeled, summary.golden_accuracy = score.golden_items, score.labeled, score.accuracy
     ledger = conn.execute("SELECT kind, tier, usd, calls_reused FROM cost_ledger WHERE month = ?", [stamp]).df()
     parts = ledger[ledger["kind"] != "total"]

@@ -35,6 +35,14 @@ def golden_answers(project: Project) -> dict[str, str]:
     return {content_hash(text.strip()): label for text, label in zip(frame[golden.text_column], frame[golden.label_column])}
 
 
+def held_out_answers(project: Project) -> dict[str, str]:
+    """The golden answers minus the golden run's sample (the items the tiers are calibrated on), so
+    accuracy is not measured on what tuned the confidence."""
+    answers = golden_answers(project)
+    sample = set(sorted(answers)[: project.quality.golden_sample_size])
+    return {digest: label for digest, label in answers.items() if digest not in sample}
+
+
 def golden_score(final: pd.DataFrame, answers: dict[str, str]) -> GoldenScore:
     """`final` has content_hash, label and status columns; pending items count as golden but not labeled."""
     if not answers or not len(final):

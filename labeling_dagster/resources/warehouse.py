@@ -20,8 +20,8 @@ from labeling_dagster.core.runner import CallRecord
 
 LABEL_COLUMNS = """
     month TIMESTAMP, item_id VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR, prompt_version VARCHAR,
-    label VARCHAR, confidence DOUBLE, reason VARCHAR, alternatives VARCHAR, failure VARCHAR,
-    call_id VARCHAR, reused BOOLEAN, next_step VARCHAR, route_reason VARCHAR
+    label VARCHAR, confidence DOUBLE, raw_confidence DOUBLE, calibration_version VARCHAR, reason VARCHAR,
+    alternatives VARCHAR, failure VARCHAR, call_id VARCHAR, reused BOOLEAN, next_step VARCHAR, route_reason VARCHAR
 """
 
 TABLES = {
@@ -31,6 +31,12 @@ TABLES = {
     "first_pass_labels": LABEL_COLUMNS,
     "qa_labels": LABEL_COLUMNS,
     "adjudicated_labels": LABEL_COLUMNS,
+    "golden_labels": """month TIMESTAMP, item_id VARCHAR, tier VARCHAR, role VARCHAR, provider VARCHAR,
+        model VARCHAR, prompt_version VARCHAR, gold VARCHAR, label VARCHAR, raw_confidence DOUBLE,
+        confidence DOUBLE, correct BOOLEAN, failure VARCHAR, forced_human BOOLEAN, call_id VARCHAR, reused BOOLEAN""",
+    "calibrations": """month TIMESTAMP, tier VARCHAR, model VARCHAR, prompt_version VARCHAR, method VARCHAR,
+        version VARCHAR, calibrator VARCHAR, golden_answers INTEGER, ece_raw DOUBLE, ece_calibrated DOUBLE""",
+    "quality_report": """month TIMESTAMP, section VARCHAR, tier VARCHAR, name VARCHAR, value DOUBLE, detail VARCHAR""",
     "review_queue": """month TIMESTAMP, item_id VARCHAR, text VARCHAR, candidate_label VARCHAR, confidence DOUBLE,
         reason VARCHAR, alternatives VARCHAR, label_definition VARCHAR, tier_answers VARCHAR, queue_reason VARCHAR,
         annotators_needed INTEGER""",
@@ -66,12 +72,23 @@ class Warehouse(DuckDBResource):
         with self.get_connection() as conn:
             for table, columns in TABLES.items():
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+                _add_new_columns(conn, table, columns)
             yield conn
+
+
+def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: str) -> None:
+    """A warehouse written by an earlier version gets the columns added since (NULL in old rows)."""
+    have = {row[0] for row in conn.execute(f"DESCRIBE {table}").fetchall()}
+    for column in columns.split(","):
+        name, kind = column.split()[:2]
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def read_window(conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWindow) -> pd.DataFrame:
     return conn.execute(
-        f"SELECT * FROM {table} WHERE month >= ? AND month < ? ORDER BY month, item_id",
+        f"SELECT * FROM {table} WHERE month >= ? AND month < ? ORDER BY month"
+        + (", item_id" if " item_id " in TABLES[table] else ""),
         [naive_utc(window.start), naive_utc(window.end)],
     ).df()
 

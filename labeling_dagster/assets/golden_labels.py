@@ -1,0 +1,145 @@
+"""The golden run: every tier labels a fixed sample of the golden set each month, as in production
+(QA shown the first pass, adjudication shown both), and each tier is calibrated on its answers."""
+
+import dagster as dg
+import pandas as pd
+
+from labeling_dagster.assets.common import monthly_asset_args, months_in
+from labeling_dagster.core import routing
+from labeling_dagster.core.calibration import Calibrator, calibrate_tier, reliability_markdown
+from labeling_dagster.core.labels import Item, PriorAnswer, content_hash
+from labeling_dagster.core.quality import golden_answers
+from labeling_dagster.core.runner import run_tier
+from labeling_dagster.project import Budget, Project
+from labeling_dagster.resources.anthropic_provider import AnthropicProvider
+from labeling_dagster.resources.local_model import LocalModelProvider
+from labeling_dagster.resources.openai_provider import OpenAIProvider
+from labeling_dagster.resources.project import ProjectResource
+from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, naive_utc, read_window, replace_window
+
+
+def golden_sample(project: Project) -> tuple[list[Item], dict[str, str]]:
+    """The same golden items every month (the smallest content hashes), so their calls are paid once."""
+    answers = golden_answers(project)
+    texts = _golden_texts(project)
+    chosen = sorted(answers)[: project.quality.golden_sample_size]
+    items = [Item(f"golden-{digest[:16]}", texts[digest], digest) for digest in chosen]
+    return items, {item.item_id: answers[item.content_hash] for item in items}
+
+
+def _golden_texts(project: Project) -> dict[str, str]:
+    golden = project.golden_set
+    frame = pd.read_csv(project.resolve(golden.path), dtype=str, keep_default_na=False)
+    return {content_hash(text.strip()): text.strip() for text in frame[golden.text_column]}
+
+
+def stored_calibrator(conn, window: dg.TimeWindow, tier: str, prompt_version: str) -> Calibrator | None:
+    """The calibrator fitted this month for the tier's current prompt version, or None."""
+    row = conn.execute(
+        "SELECT calibrator FROM calibrations WHERE month = ? AND tier = ? AND prompt_version = ?",
+        [naive_utc(window.start), tier, prompt_version],
+    ).fetchone()
+    return Calibrator.from_json(row[0]) if row else None
+
+
+def calibrated(calibrator: Calibrator | None, confidence: float) -> float:
+    return calibrator.apply_one(confidence) if calibrator else confidence
+
+
+def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(**monthly_asset_args(partitions), kinds={"duckdb"})
+    def golden_labels(
+        context: dg.AssetExecutionContext,
+        project: ProjectResource,
+        warehouse: Warehouse,
+        local_model: LocalModelProvider,
+        openai: OpenAIProvider,
+        anthropic: AnthropicProvider,
+    ) -> dg.MaterializeResult:
+        """One row per golden sample item and tier: the tier's label, raw and calibrated confidence,
+        and whether it matches the gold label. Also writes `calibrations`: per tier and prompt
+        version, the calibrator fitted on these answers (isotonic or Platt, versioned), with the
+        calibration error before and after. The tiers apply it before their routing bands; the
+        quality report and the band recommender read both tables. Its calls are costed like any other
+        (capped by quality.max_usd) and cached, so months after the first reuse them."""
+        spec = project.load()
+        providers = {"local": local_model, "openai": openai, "anthropic": anthropic}
+        rows, calibrations, plots = [], [], []
+        items, gold = golden_sample(spec) if spec.golden_set and spec.quality.golden_sample_size else ([], {})
+        with warehouse.session() as conn:
+            for month, window in months_in(context.partition_time_window):
+                if not items:
+                    break
+                cache = DuckDBCallCache(conn, window.start, context.run.run_id)
+                spent = conn.execute(
+                    "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ? AND call_id IN "
+                    "(SELECT call_id FROM golden_labels WHERE month = ?)",
+                    [naive_utc(window.start)] * 2,
+                ).fetchone()[0]
+                prior: dict[str, list[PriorAnswer]] = {}
+                for tier in spec.tiers:
+                    if tier.provider != "local":
+                        providers[tier.provider].check_ready(tier)
+                    price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
+                    # Two caps: the golden run's own (quality.max_usd) and what is left of the month's budget.
+                    left = min(spec.quality.max_usd - spent, spec.budget.monthly_usd - cache.month_spend())
+                    result = run_tier(
+                        providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=items, cache=cache,
+                        price=price, budget=Budget(monthly_usd=max(left, 0.0)), spent_before=0.0,
+                        prior=prior if tier.role != "first_pass" else None,
+                    )
+                    spent += result.usd_paid
+                    answered = [item for item in items if item.item_id in result.answers]
+                    raw = [result.answers[item.item_id].confidence for item in answered]
+                    right = [result.answers[item.item_id].label == gold[item.item_id] for item in answered]
+                    calibrator = None
+                    if spec.quality.calibration != "none" and answered:
+                        fitted = calibrate_tier(raw, right, tier=tier.name, model=tier.model,
+                                                prompt_version=result.version, method=spec.quality.calibration)
+                        calibrator = fitted.calibrator
+                        plots.append(f"### {month} {tier.name}\n\n" + reliability_markdown(fitted))
+                        calibrations.append({
+                            "month": naive_utc(window.start), "tier": tier.name, "model": tier.model,
+                            "prompt_version": result.version, "method": calibrator.method,
+                            "version": calibrator.version, "calibrator": calibrator.to_json(),
+                            "golden_answers": len(answered), "ece_raw": fitted.ece_raw,
+                            "ece_calibrated": fitted.ece_calibrated,
+                        })
+                    for item in items:
+                        answer = result.answers.get(item.item_id)
+                        rows.append({
+                            "month": naive_utc(window.start), "item_id": item.item_id, "tier": tier.name,
+                            "role": tier.role, "provider": tier.provider, "model": tier.model,
+                            "prompt_version": result.version, "gold": gold[item.item_id],
+                            "label": answer.label if answer else None,
+                            "raw_confidence": answer.confidence if answer else None,
+                            "confidence": calibrated(calibrator, answer.confidence) if answer else None,
+                            "correct": (answer.label == gold[item.item_id]) if answer else None,
+                            "failure": None if answer else result.failures.get(item.item_id),
+                            "forced_human": routing.forced_human(spec.routing, item.text, item.metadata) is not None,
+                            "call_id": result.call_of.get(item.item_id),
+                            "reused": result.call_of.get(item.item_id) in result.reused_calls,
+                        })
+                        if answer:
+                            prior.setdefault(item.item_id, []).append(
+                                PriorAnswer(tier.name, answer.label, answer.confidence, answer.reason))
+                    context.log.info(f"{month} golden {tier.name}: {len(answered)}/{len(items)} answered, "
+                                     f"accuracy {sum(right) / max(len(right), 1):.3f}, ${result.usd_paid:.4f} paid")
+            frame = pd.DataFrame(rows)
+            replace_window(conn, "golden_labels", frame, context.partition_time_window)
+            replace_window(conn, "calibrations", pd.DataFrame(calibrations), context.partition_time_window)
+        scored = frame[frame["correct"].notna()] if len(frame) else frame
+        accuracy = scored.assign(correct=scored["correct"].astype(float)).groupby("tier")["correct"].mean().round(4).to_dict() if len(scored) else {}
+        return dg.MaterializeResult(
+            metadata={
+                "golden_items": len(items),
+                "accuracy_by_tier": dg.MetadataValue.json(accuracy),
+                "calibration": dg.MetadataValue.json(
+                    {c["tier"]: {"method": c["method"], "version": c["version"], "ece_raw": round(c["ece_raw"], 4),
+                                 "ece_calibrated": round(c["ece_calibrated"], 4)} for c in calibrations}),
+                "reliability": dg.MetadataValue.md("\n\n".join(plots) or "_no golden set or sample size 0_"),
+            }
+        )
+
+    return golden_labels
+

@@ -1,0 +1,152 @@
+"""`labeling recommend` and `labeling estimate --project --month`: the bands that reach a target
+accuracy or a budget, and the month's bill under the current and the recommended bands, from the
+golden run in the warehouse and the prompts built for the month's real items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import duckdb
+import pandas as pd
+from rich.table import Table
+
+from labeling_dagster.cli.common import console, fail, load, months_between
+from labeling_dagster.core.estimate import estimate_tokens
+from labeling_dagster.core.labels import Item, LabelTask, PriorAnswer
+from labeling_dagster.core.prompts import build_prompt, estimated_output_tokens
+from labeling_dagster.core.recommend import GoldenAnswers, Recommendation, evaluate_bands, tier_costs
+from labeling_dagster.core.report import golden_answers_frame, recommend
+from labeling_dagster.core.sources import read_month
+from labeling_dagster.project import Project
+
+SAMPLE = 2000  # items whose prompts are built; per-item figures scale to the month
+
+
+def _golden(project: Project, warehouse: Path, month: str) -> pd.DataFrame:
+    if not warehouse.exists():
+        fail(f"{warehouse} does not exist; run `labeling run --project ... --month {month}` first (it does the golden run)")
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        golden = conn.execute("SELECT * FROM golden_labels WHERE month = ?", [f"{month}-01"]).df()
+    if not len(golden):
+        fail(f"no golden run for {month} in {warehouse}: set golden_set and quality.golden_sample_size, then run the month")
+    return golden
+
+
+def prompt_tokens(project: Project, month: str, warehouse: Path | None) -> pd.DataFrame:
+    """Per tier: input and output tokens per item of the prompts built for the month's items (a sample
+    of SAMPLE items), the approximation used, and the ratio the ledger observed for that tier."""
+    items = [Item(row["item_id"], row["text"], row["content_hash"]) for row in read_month(project, month).items]
+    sample = items[:SAMPLE]
+    reported = {}
+    if warehouse and warehouse.exists():
+        with duckdb.connect(str(warehouse), read_only=True) as conn:
+            reported = {
+                tier: value for tier, value in conn.execute(
+                    "SELECT tier, SUM(input_tokens) / SUM(item_count) FROM model_calls WHERE month = ? "
+                    "AND status <> 'error' AND input_tokens > 0 GROUP BY 1", [f"{month}-01"]).fetchall()
+            }
+    rows = []
+    for tier in project.tiers:
+        if tier.provider == "local" or not sample:
+            continue
+        # QA and adjudication prompts show earlier answers; a placeholder answer stands in for them here.
+        prior = {} if tier.role == "first_pass" else {
+            item.item_id: [PriorAnswer("earlier", project.taxonomy.names[0], 0.5, "placeholder")] for item in sample}
+        inputs = 0
+        for start in range(0, len(sample), tier.items_per_request):
+            batch = sample[start : start + tier.items_per_request]
+            prompt = build_prompt(LabelTask(project.taxonomy, tier, batch, {i.item_id: prior.get(i.item_id, []) for i in batch}))
+            inputs += estimate_tokens(prompt.system) + estimate_tokens(prompt.user) + estimate_tokens(json.dumps(prompt.schema))
+        per_item = inputs / len(sample)
+        observed = reported.get(tier.name)
+        rows.append({
+            "tier": tier.name, "role": tier.role, "model": tier.model, "items_sampled": len(sample),
+            "input_tokens_per_item": round(per_item, 1),
+            "output_tokens_per_item": round(
+                estimated_output_tokens(tier.items_per_request, tier.prompt.with_reason) / tier.items_per_request, 1),
+            # the estimate times the ratio the ledger observed is simply what the provider reported
+            "ledger_ratio": round(observed / per_item, 3) if observed else None,
+            "corrected_input_tokens_per_item": round(float(observed), 1) if observed else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def month_bill(project: Project, month: str, warehouse: Path) -> dict:
+    """The month's projected bill under the current and the recommended bands."""
+    tokens = prompt_tokens(project, month, warehouse)
+    sizes = {
+        row["role"]: (int(round(row["corrected_input_tokens_per_item"] or row["input_tokens_per_item"])),
+                      int(round(row["output_tokens_per_item"])))
+        for row in tokens.to_dict("records")
+    }
+    items = len(read_month(project, month).items)
+    golden = _golden(project, warehouse, month)
+    recommendation = recommend(project, golden, sizes, items_per_month=items)
+    current = evaluate_bands(GoldenAnswers.from_frame(golden_answers_frame(golden)), tier_costs(project, sizes),
+                             project.routing, items_per_month=items)
+    return {
+        "project": project.name, "month": month, "items": items,
+        "token_approximation": "UTF-8 bytes / 4 per token (core.estimate.estimate_tokens); ledger_ratio is the "
+                               "provider-reported input tokens per item this month over that estimate",
+        "tokens": tokens.to_dict("records"),
+        "current": current.as_json(),
+        "recommended": recommendation.outcome.as_json(),
+        "recommendation_reached": recommendation.reached,
+        "recommendation_reason": recommendation.reason,
+    }
+
+
+def _print_recommendation(recommendation: Recommendation) -> None:
+    out = console()
+    table = Table(title="bands on the golden run", title_justify="left")
+    for column in ("", "current", "recommended"):
+        table.add_column(column, justify="right" if column else "left")
+    current, chosen = recommendation.current, recommendation.outcome
+    for key, value in chosen.bands().items():
+        table.add_row(key, f"{current.bands()[key]:g}", f"{value:g}")
+    table.add_row("expected accuracy", f"{current.expected_accuracy:.3f}", f"{chosen.expected_accuracy:.3f}")
+    for layer in chosen.settled:
+        table.add_row(f"settled by {layer}", f"{current.settled[layer]:.1%}", f"{chosen.settled[layer]:.1%}")
+    table.add_row("USD per item", f"{current.usd_per_item:.6f}", f"{chosen.usd_per_item:.6f}")
+    if chosen.usd_per_month is not None:
+        table.add_row("USD per month", f"{current.usd_per_month:,.2f}", f"{chosen.usd_per_month:,.2f}")
+    out.print(table)
+    out.print(recommendation.reason)
+    out.print("Paste into the project file to apply (nothing is changed automatically):\n")
+    click.echo(recommendation.to_yaml_snippet())  # plain: a wrapped comment line would break the YAML
+
+
+@click.command("recommend")
+@click.option("--project", "project_path", required=True, type=click.Path(exists=True),
+              help="Project folder (with project.yaml) or the project file itself.")
+@click.option("--month", required=True, help="The month whose golden run to use, YYYY-MM.")
+@click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Accuracy the final labels must reach (default: quality.target_accuracy).")
+@click.option("--budget", type=click.FloatRange(min=0), default=None,
+              help="Monthly USD to spend instead: the most accurate bands that fit it.")
+@click.option("--warehouse", type=click.Path(), default=None, help="DuckDB file (default: the project's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def recommend_command(project_path: str, month: str, target: float | None, budget: float | None,
+                      warehouse: str | None, as_json: bool) -> None:
+    """Recommend routing bands from the month's golden run: the cheapest that reach a target accuracy,
+    or the most accurate within a monthly budget. Prints the `routing:` block to paste; never applies it."""
+    if target is not None and budget is not None:
+        fail("give --target or --budget, not both")
+    project = load(project_path)
+    months_between(project, month, None)
+    path = Path(warehouse) if warehouse else project.warehouse_path
+    golden = _golden(project, path, month)
+    tokens = prompt_tokens(project, month, path)
+    sizes = {row["role"]: (int(round(row["corrected_input_tokens_per_item"] or row["input_tokens_per_item"])),
+                           int(round(row["output_tokens_per_item"]))) for row in tokens.to_dict("records")}
+    items = len(read_month(project, month).items)
+    try:
+        result = recommend(project, golden, sizes, target_accuracy=target, monthly_budget_usd=budget, items_per_month=items)
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({**result.as_json(), "routing_yaml": result.to_yaml_snippet()}, indent=2, default=str))
+    else:
+        _print_recommendation(result)
