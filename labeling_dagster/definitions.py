@@ -16,7 +16,7 @@ from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse
-from labeling_dagster.schedules import monthly_job, monthly_schedule
+from labeling_dagster.schedules import label_model_job, label_model_schedule, monthly_job, monthly_schedule
 from labeling_dagster.sensors import review_sensor
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"
@@ -48,11 +48,11 @@ def build_definitions(
     project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
     partitions = monthly_partitions(project)
     journal = str(project.root / ".batches")  # open provider batch jobs, so a crashed run collects them
-    job = monthly_job()
+    job, training = monthly_job(), label_model_job()
     return dg.Definitions(
         assets=build_assets(partitions),
-        jobs=[job],
-        schedules=[monthly_schedule(job)],
+        jobs=[job, training],
+        schedules=[monthly_schedule(job), label_model_schedule(training)],
         sensors=[review_sensor(partitions)],
         resources={
             "project": ProjectResource(project_file=str(project_file)),

@@ -165,6 +165,15 @@ class HumanReview(_Strict):
     min_agreement: float = Field(default=0.6, ge=0, le=1, description="below it an item is sent back for another review")
     models_join_as_annotators: bool = False
     reviews_dir: str = Field(default="reviews", description="completed review files go in <reviews_dir>/<YYYY-MM>/")
+    monthly_review_budget: int | None = Field(
+        default=None, ge=0, description="items people can review a month; None: the whole queue"
+    )
+    review_selection: Literal["margin", "uncertainty", "random"] = Field(
+        default="margin", description="how the budget's items are chosen when the queue is larger (active learning)"
+    )
+    random_share: float = Field(
+        default=0.2, ge=0, le=1, description="share of the budget drawn at random, which keeps accuracy estimates honest"
+    )
 
     @field_validator("annotators_for_labels")
     @classmethod
@@ -180,6 +189,19 @@ class HumanReview(_Strict):
     @property
     def usd_per_review(self) -> float:
         return self.hourly_rate_usd / self.reviews_per_hour
+
+
+class AutoLabel(_Strict):
+    """The auto-labeler: a local model trained on every human-verified label to date, which labels the
+    items it is sure of before any paid tier. Its threshold is chosen on held-out human labels."""
+
+    enabled: bool = False
+    features: Literal["tfidf", "embeddings", "tfidf+embeddings"] = "tfidf"
+    target_accuracy: float = Field(default=0.95, gt=0, le=1)
+    min_training_size: int = Field(default=1000, ge=1)
+    include_agreed_model_labels: bool = Field(
+        default=False, description="also train on items QA settled by agreeing with the first pass"
+    )
 
 
 class Quality(_Strict):
@@ -208,6 +230,7 @@ class Project(_Strict):
     human_review: HumanReview = HumanReview()
     budget: Budget
     quality: Quality = Quality()
+    auto_label: AutoLabel = AutoLabel()
     prices: dict[str, ModelPrice] = {}
     warehouse: str = Field(default="warehouse.duckdb", description="DuckDB file, relative to the project folder")
     exports_dir: str = "exports"
@@ -247,6 +270,8 @@ class Project(_Strict):
                 )
         if any(tier.provider == "local" for tier in self.tiers) and self.seed_set is None:
             raise ValueError("seed_set: a local tier needs a labeled seed set to learn from")
+        if self.auto_label.enabled and self.seed_set is None:
+            raise ValueError("seed_set: the auto-labeler starts from a labeled seed set; add one or set auto_label.enabled: false")
         return self
 
     @property

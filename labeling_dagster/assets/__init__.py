@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import dagster as dg
 
-from labeling_dagster.assets import cost_ledger, final_labels, golden_labels, human_reviews, quality_report, raw_items, review_queue, tiers
+from labeling_dagster.assets import (
+    cost_ledger,
+    final_labels,
+    golden_labels,
+    human_reviews,
+    label_model,
+    quality_report,
+    raw_items,
+    review_queue,
+    tiers,
+)
 
 
 def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     return [
         raw_items.build(partitions),
         golden_labels.build(partitions),
+        label_model.build_label_model(),
+        label_model.build_auto_labels(partitions),
         *tiers.build_all(partitions),  # first_pass_labels, qa_labels, adjudicated_labels
         review_queue.build(partitions),
         human_reviews.build(partitions),

@@ -18,6 +18,9 @@ from labeling_dagster.project import Project
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 GROUP = "labeling"
+# The tier tables in the order an item moves through them; the last row of an item holds its routing outcome.
+LABEL_TABLES = ["auto_labels", "first_pass_labels", "qa_labels", "adjudicated_labels"]
+MODEL_TIER_TABLES = LABEL_TABLES[1:]  # the tiers that call a provider
 WAREHOUSE_POOL = "warehouse"  # DuckDB allows one writer: every asset that writes it shares this pool
 
 

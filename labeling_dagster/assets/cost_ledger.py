@@ -4,9 +4,8 @@ import dagster as dg
 import pandas as pd
 
 from labeling_dagster import checks
-from labeling_dagster.assets.common import monthly_asset_args, months_in
+from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, months_in
 from labeling_dagster.assets.final_labels import human_outcome
-from labeling_dagster.assets.review_queue import TIER_TABLES
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
 
@@ -35,7 +34,7 @@ MODEL_ROWS = """
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         **monthly_asset_args(partitions),
-        deps=["golden_labels", *TIER_TABLES, "review_queue", "human_reviews", "final_labels"],
+        deps=["golden_labels", *LABEL_TABLES, "review_queue", "human_reviews", "final_labels"],
         check_specs=checks.ledger_specs("cost_ledger"),
         kinds={"duckdb"},
     )
@@ -55,7 +54,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 stamp = naive_utc(window.start)
                 golden = read_window(conn, "golden_labels", window)
                 golden = golden.assign(tier="golden_run:" + golden["tier"]) if len(golden) else golden
-                labels = pd.concat([read_window(conn, table, window) for table in TIER_TABLES] + [golden], ignore_index=True)
+                labels = pd.concat([read_window(conn, table, window) for table in LABEL_TABLES] + [golden], ignore_index=True)
                 if len(labels):
                     conn.register("incoming_labels", labels)
                     model = conn.execute(MODEL_ROWS, {"month": stamp}).df()

@@ -4,8 +4,8 @@ import dagster as dg
 import pandas as pd
 
 from labeling_dagster import checks
-from labeling_dagster.assets.common import monthly_asset_args, months_in
-from labeling_dagster.assets.review_queue import TIER_TABLES, latest_rows
+from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, months_in
+from labeling_dagster.assets.review_queue import latest_rows
 from labeling_dagster.core.quality import golden_score, held_out_answers
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
@@ -39,7 +39,7 @@ def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_revi
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         **monthly_asset_args(partitions),
-        deps=["raw_items", *TIER_TABLES, "review_queue", "human_reviews"],
+        deps=["raw_items", *LABEL_TABLES, "review_queue", "human_reviews"],
         check_specs=checks.final_label_specs("final_labels"),
         kinds={"duckdb"},
     )

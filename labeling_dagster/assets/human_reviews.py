@@ -5,13 +5,11 @@ into one label per item by consensus."""
 import dagster as dg
 import pandas as pd
 
-from labeling_dagster.assets.common import markdown_table, monthly_asset_args, months_in
+from labeling_dagster.assets.common import MODEL_TIER_TABLES, markdown_table, monthly_asset_args, months_in
 from labeling_dagster.core.consensus import consensus
 from labeling_dagster.core.review_formats import file_fingerprint, read_reviews, review_files, write_rejection_report
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
-
-MODEL_TABLES = ["first_pass_labels", "qa_labels", "adjudicated_labels"]
 
 
 def labor_usd(seconds: pd.Series, hourly_rate: float, usd_per_review: float) -> pd.Series:
@@ -20,7 +18,7 @@ def labor_usd(seconds: pd.Series, hourly_rate: float, usd_per_review: float) -> 
 
 
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(**monthly_asset_args(partitions), deps=["review_queue", *MODEL_TABLES], kinds={"duckdb"})
+    @dg.asset(**monthly_asset_args(partitions), deps=["review_queue", *MODEL_TIER_TABLES], kinds={"duckdb"})
     def human_reviews(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """One row per answer a person gave (item, annotator, label, seconds, submitted at, source file),
         from the files in `<reviews_dir>/<YYYY-MM>/`. Each file's content is ingested once (a copy under
@@ -58,7 +56,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 frame = pd.DataFrame(month_rows).sort_values("submitted_at", kind="stable")
                 models = []
                 if review.models_join_as_annotators:
-                    models = pd.concat([read_window(conn, t, window) for t in MODEL_TABLES], ignore_index=True)
+                    models = pd.concat([read_window(conn, t, window) for t in MODEL_TIER_TABLES], ignore_index=True)
                     models = models[models["item_id"].isin(set(frame["item_id"]))].to_dict("records")
                 result = consensus(frame.to_dict("records"), review.consensus, labels=spec.taxonomy.names,
                                    model_answers=models, min_agreement=review.min_agreement)

@@ -4,14 +4,12 @@ reach the project's target accuracy at the least cost (shown, never applied)."""
 import dagster as dg
 import pandas as pd
 
-from labeling_dagster.assets.common import markdown_table, monthly_asset_args, months_in
+from labeling_dagster.assets.common import LABEL_TABLES, markdown_table, monthly_asset_args, months_in
 from labeling_dagster.core.calibration import calibrate_tier, reliability_markdown
 from labeling_dagster.core.report import build_report
 from labeling_dagster.project import Project
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
-
-TIER_TABLES = ["first_pass_labels", "qa_labels", "adjudicated_labels"]
 
 TOKENS_PER_ITEM = """
     SELECT SUM(input_tokens) / SUM(item_count), SUM(output_tokens) / SUM(item_count),
@@ -33,7 +31,7 @@ def token_sizes(conn, project: Project) -> dict[str, tuple[int, int, int]]:
 
 
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(**monthly_asset_args(partitions), deps=["golden_labels", *TIER_TABLES, "human_reviews"], kinds={"duckdb"})
+    @dg.asset(**monthly_asset_args(partitions), deps=["golden_labels", *LABEL_TABLES, "human_reviews"], kinds={"duckdb"})
     def quality_report(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """Rows of (section, tier, name, value, detail) per month: accuracy of each tier on the golden
         run, calibration error before and after, recall per label, the confusion pairs that matter,
@@ -54,7 +52,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 consensus = read_window(conn, "review_consensus", window)
                 people = dict(zip(consensus["item_id"], consensus["label"])) if len(consensus) else None
                 month_labels = {}
-                for table in TIER_TABLES:
+                for table in LABEL_TABLES:
                     labels = read_window(conn, table, window)
                     for tier, part in labels[labels["label"].notna()].groupby("tier") if len(labels) else []:
                         month_labels[tier] = dict(zip(part["item_id"], part["label"]))

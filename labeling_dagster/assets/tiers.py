@@ -32,8 +32,8 @@ STAGES = [
     Stage(
         "first_pass_labels",
         "first_pass",
-        ["raw_items", "golden_labels"],
-        """One row per item of the month: the first-pass tier's label, calibrated and raw confidence, reason and
+        ["raw_items", "golden_labels", "auto_labels"],
+        """One row per item of the month the auto-labeler did not accept: the first-pass tier's label, calibrated and raw confidence, reason and
         alternatives (or why it gave none), the call that produced it, and where the item goes next
         (accept, qa, adjudication, human) with the reason. Read by qa_labels, review_queue, final_labels.""",
     ),
@@ -67,7 +67,11 @@ def _routed(frame: pd.DataFrame, step: str) -> set[str]:
 def _select(stage: Stage, conn, window: dg.TimeWindow, items: list[Item]):
     """The items this stage labels, the earlier answers it is shown, and how to route its answers."""
     if stage.role == "first_pass":
-        return items, {}, {}
+        auto = read_window(conn, "auto_labels", window)
+        if not len(auto):  # auto-labeler off: the first pass labels every item
+            return items, {}, {}
+        passed_on = _routed(auto, "first_pass")
+        return [item for item in items if item.item_id in passed_on], {}, {}
     earlier = {name: read_window(conn, name, window) for name in stage.upstream if name.endswith("_labels") and name != "golden_labels"}
     wanted = set().union(*(_routed(frame, stage.role) for frame in earlier.values()))
     prior: dict[str, list[PriorAnswer]] = {}

@@ -24,7 +24,8 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def console() -> Console:
-    return Console(stderr=False, highlight=False)
+    # Wide enough for three months side by side when the output goes to a file or a pipe.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -98,6 +99,20 @@ def execute_month(project_path: str, warehouse: Path, month: str, *, selection: 
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}},
         asset_selection=[dg.AssetKey(name) for name in selection] if selection else None,
+    )
+
+
+def train_label_model(project_path: str, warehouse: Path, *, verbose: bool = False,
+                      on_instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    """Materialize label_model (the auto-labeler) once, before the months that use it."""
+    from labeling_dagster.definitions import build_definitions
+    from labeling_dagster.schedules import LABEL_MODEL_JOB
+
+    job = build_definitions(project_path, warehouse).resolve_job_def(LABEL_MODEL_JOB)
+    return job.execute_in_process(
+        instance=on_instance or instance(),
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}},
     )
 
 

@@ -30,6 +30,12 @@ class MonthSummary:
     calls_reused: int = 0
 
 
+def _usd_row(tier: str) -> str:
+    if tier.startswith("golden_run:"):
+        return "golden run"
+    return {"human_review": "people", "human_review_pending": "people pending (est.)"}.get(tier, tier)
+
+
 def _count(conn, sql: str, month: datetime) -> int:
     return int(conn.execute(sql, [month]).fetchone()[0])
 
@@ -56,7 +62,9 @@ def month_summary(conn: duckdb.DuckDBPyConnection, project: Project, month: str)
     summary.golden_items, summary.golden_labeled, summary.golden_accuracy = score.golden_items, score.labeled, score.accuracy
     ledger = conn.execute("SELECT kind, tier, usd, calls_reused FROM cost_ledger WHERE month = ?", [stamp]).df()
     parts = ledger[ledger["kind"] != "total"]
-    summary.usd_by_tier = {row.tier: float(row.usd) for row in parts.itertuples()}
+    for row in parts.itertuples():
+        name = _usd_row(row.tier)
+        summary.usd_by_tier[name] = summary.usd_by_tier.get(name, 0.0) + float(row.usd)
     summary.total_usd = float(ledger[ledger["kind"] == "total"]["usd"].sum())
     summary.calls_reused = int(parts["calls_reused"].fillna(0).sum())
     return summary
@@ -69,7 +77,7 @@ def summary_frame(summaries: list[MonthSummary]) -> pd.DataFrame:
     rows: dict[str, list] = {"items": [], "rejected rows": []}
     for tier in tiers:
         rows[f"accepted by {tier}"] = []
-    rows.update({"sent to QA": [], "adjudicated": [], "queued for people": [], "golden accuracy of labeled": []})
+    rows.update({"sent to QA": [], "adjudicated": [], "queued for people": [], "golden accuracy": []})
     for tier in usd_tiers:
         rows[f"USD {tier}"] = []
     rows["USD total"] = []
@@ -82,7 +90,7 @@ def summary_frame(summaries: list[MonthSummary]) -> pd.DataFrame:
         rows["sent to QA"].append(s.sent_to_qa)
         rows["adjudicated"].append(s.adjudicated)
         rows["queued for people"].append(s.queued_for_people)
-        rows["golden accuracy of labeled"].append(
+        rows["golden accuracy"].append(
             "n/a" if s.golden_accuracy is None else f"{s.golden_accuracy:.3f} ({s.golden_labeled}/{s.golden_items})"
         )
         for tier in usd_tiers:

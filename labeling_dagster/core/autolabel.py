@@ -523,3 +523,33 @@ def accept(model: LabelModel, threshold: float | None, items: Sequence[Item]) ->
         else:
             rest.append(item.item_id)
     return Acceptance(accepted, rest)
+
+
+def plan_reviews(
+    pool: Sequence[Item],
+    budget_n: int,
+    *,
+    required: Sequence[str] = (),
+    model: LabelModel | None = None,
+    strategy: Strategy = "margin",
+    random_share: float = 0.2,
+    seed: int = 0,
+) -> dict[str, str]:
+    """Which queued items people review this month when they cannot review them all: item id -> why
+    ("required", "random", or the strategy). Items a rule reserves for people (`required`) come first;
+    then `random_share` of what is left of the budget at random (the labels that measure accuracy
+    honestly); then the items that should teach the model most. Without a model, all at random."""
+    plan = {item_id: "required" for item_id in list(required)[:budget_n]}
+    rest = [item for item in pool if item.item_id not in plan]
+    left = budget_n - len(plan)
+    n_random = round(left * random_share) if model is not None else left
+    for item_id in select_for_review(None, rest, n_random, "random", seed=seed):
+        plan[item_id] = "random"
+    rest = [item for item in rest if item.item_id not in plan]
+    if model is not None and strategy != "random":
+        for item_id in select_for_review(model, rest, budget_n - len(plan), strategy, seed=seed):
+            plan[item_id] = strategy
+    else:
+        for item_id in select_for_review(None, rest, budget_n - len(plan), "random", seed=seed):
+            plan[item_id] = "random"
+    return plan
