@@ -15,7 +15,7 @@ from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, naive_utc, read_window, replace_window
+from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, naive_utc, replace_window
 
 
 def golden_sample(project: Project) -> tuple[list[Item], dict[str, str]]:

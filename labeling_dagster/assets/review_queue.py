@@ -14,7 +14,6 @@ from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
 
 
-
 def latest_rows(conn, window: dg.TimeWindow) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every tier row of the window (in tier order) and, per item, the last tier's row, which holds
     the item's routing outcome."""

@@ -4,6 +4,7 @@ decides with the routing bands where each item goes next (accepted, QA, adjudica
 import json
 import re
 from dataclasses import dataclass, replace
+
 import dagster as dg
 import pandas as pd
 

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from labeling_dagster.core.labels import content_hash
+from labeling_dagster.core.metrics import Accuracy
 from labeling_dagster.project import Project
-
-
-@dataclass(frozen=True)
-class GoldenScore:
-    golden_items: int
-    labeled: int
-    correct: int
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.labeled if self.labeled else None
 
 
 def golden_answers(project: Project) -> dict[str, str]:
@@ -43,12 +32,12 @@ def held_out_answers(project: Project) -> dict[str, str]:
     return {digest: label for digest, label in answers.items() if digest not in sample}
 
 
-def golden_score(final: pd.DataFrame, answers: dict[str, str]) -> GoldenScore:
+def golden_score(final: pd.DataFrame, answers: dict[str, str]) -> Accuracy:
     """`final` has content_hash, label and status columns; pending items count as golden but not labeled."""
     if not answers or not len(final):
-        return GoldenScore(0, 0, 0)
+        return Accuracy(0, 0, 0)
     gold = final["content_hash"].map(answers)
     known = final[gold.notna()]
     labeled = known[known["status"] == "labeled"]
     correct = int((labeled["label"] == gold[labeled.index]).sum())
-    return GoldenScore(len(known), len(labeled), correct)
+    return Accuracy(len(known), len(labeled), correct)
