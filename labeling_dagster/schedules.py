@@ -27,7 +27,7 @@ def label_model_job() -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         LABEL_MODEL_JOB,
         selection=dg.AssetSelection.groups("models"),
-        description="Retrain the auto-labeler on every human-verified label to date.",
+        description="Reload the golden set and retrain the auto-labeler on every human-verified label to date.",
     )
 
 

@@ -94,3 +94,23 @@ def test_llm_profile_without_keys_fails_at_once(monkeypatch) -> None:
     result = CliRunner().invoke(main, ["run", "--project", str(example), "--month", "2026-08"])
     assert result.exit_code == 2
     assert "OPENAI_API_KEY is not set" in result.output
+
+
+def test_batch_mode_tiers_are_priced_at_the_discount_and_not_resubmitted(paid_project: Path, server: FakeLLMServer,
+                                                                          tmp_path: Path) -> None:
+    yaml = paid_project / "project.yaml"
+    yaml.write_text(yaml.read_text()
+                    .replace("max_concurrency: 2}", "max_concurrency: 2, mode: batch, poll_interval_s: 0.01}")
+                    .replace('api_key_env: TEST_ANTHROPIC_KEY}', 'api_key_env: TEST_ANTHROPIC_KEY, mode: batch, poll_interval_s: 0.01}'))
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(paid_project, warehouse).success
+    assert server.calls("/v1/batches") and server.calls("/v1/messages/batches")
+    batched = table(warehouse, "SELECT tier, BOOL_AND(batch), COUNT(*) FROM model_calls GROUP BY 1 ORDER BY 1")
+    assert [(tier, flag) for tier, flag, _ in batched] == [("adjudication", False), ("first_pass", True), ("qa", True)]
+    # Priced at half the list price: gpt-5-nano's batch discount is 0.5.
+    usd, tokens_in, tokens_out = table(warehouse, """SELECT SUM(usd), SUM(input_tokens), SUM(output_tokens)
+                                                      FROM model_calls WHERE tier = 'first_pass'""")[0]
+    assert usd == pytest.approx((tokens_in * 0.05 + tokens_out * 0.40) / 1e6 * 0.5)
+    requests = len(server.requests)
+    assert run_month(paid_project, warehouse).success
+    assert len(server.requests) == requests  # a rerun submits no batch again

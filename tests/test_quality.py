@@ -59,6 +59,8 @@ def test_golden_run_calibrates_the_tiers_and_the_report_recommends(calibrated_pr
 def test_recommend_and_project_estimate_commands(calibrated_project: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["run", "--project", str(calibrated_project), "--month", "2026-08"]).exit_code == 0
+    golden = table(calibrated_project / "warehouse.duckdb", "SELECT COUNT(*), SUM(in_golden_sample::INT) FROM golden_set")
+    assert golden[0][0] >= 60 and golden[0][1] == golden[0][0]  # fewer than 500: all of them are in the sample
     result = runner.invoke(main, ["recommend", "--project", str(calibrated_project), "--month", "2026-08",
                                   "--target", "0.9", "--json"])
     assert result.exit_code == 0, result.output

@@ -20,6 +20,7 @@ from labeling_dagster.assets import (
 def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     return [
         raw_items.build(partitions),
+        golden_labels.build_golden_set(),
         golden_labels.build(partitions),
         label_model.build_label_model(),
         label_model.build_auto_labels(partitions),

@@ -33,6 +33,38 @@ def _golden_texts(project: Project) -> dict[str, str]:
     return {content_hash(text.strip()): text.strip() for text in frame[golden.text_column]}
 
 
+def build_golden_set() -> dg.AssetsDefinition:
+    @dg.asset(group_name="models", pool="warehouse", kinds={"duckdb"})
+    def golden_set(project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
+        """The project's human-verified items (golden_set in the project file), one row each: text,
+        gold label, content hash, and whether it is in the golden run's sample (the items every tier
+        labels each month and is calibrated on; the rest only score the pipeline's own labels)."""
+        spec = project.load()
+        if spec.golden_set is None:
+            frame = pd.DataFrame()
+        else:
+            answers, texts = golden_answers(spec), _golden_texts(spec)
+            sample = set(sorted(answers)[: spec.quality.golden_sample_size])
+            frame = pd.DataFrame(
+                [{"item_id": f"golden-{digest[:16]}", "text": texts[digest], "label": label, "content_hash": digest,
+                  "in_golden_sample": digest in sample} for digest, label in answers.items()]
+            )
+        with warehouse.session() as conn:
+            conn.execute("DELETE FROM golden_set")
+            if len(frame):
+                conn.register("incoming", frame)
+                conn.execute("INSERT INTO golden_set BY NAME SELECT * FROM incoming")
+                conn.unregister("incoming")
+        return dg.MaterializeResult(metadata={
+            "items": len(frame),
+            "in_golden_sample": int(frame["in_golden_sample"].sum()) if len(frame) else 0,
+            "labels": int(frame["label"].nunique()) if len(frame) else 0,
+            "source": str(spec.resolve(spec.golden_set.path)) if spec.golden_set else "none",
+        })
+
+    return golden_set
+
+
 def stored_calibrator(conn, window: dg.TimeWindow, tier: str, prompt_version: str) -> Calibrator | None:
     """The calibrator fitted this month for the tier's current prompt version, or None."""
     row = conn.execute(
@@ -47,7 +79,7 @@ def calibrated(calibrator: Calibrator | None, confidence: float) -> float:
 
 
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(**monthly_asset_args(partitions), kinds={"duckdb"})
+    @dg.asset(**monthly_asset_args(partitions), deps=["golden_set"], kinds={"duckdb"})
     def golden_labels(
         context: dg.AssetExecutionContext,
         project: ProjectResource,

@@ -60,6 +60,8 @@ def build_label_model() -> dg.AssetsDefinition:
         `label_models`. Below auto_label.min_training_size it accepts nothing and says why."""
         spec = project.load()
         settings = spec.auto_label
+        if not settings.enabled:
+            return dg.MaterializeResult(metadata={"enabled": False})
         with warehouse.session() as conn:
             data = training_set(conn, spec)
             labeler = build_auto_labeler(

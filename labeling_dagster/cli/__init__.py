@@ -58,7 +58,7 @@ def main() -> None:
 @click.option("--verbose", is_flag=True, help="Show Dagster's step logs as well as the progress bar.")
 def run(project_path: str, first: str, last: str | None, warehouse: str | None, verbose: bool) -> None:
     """Materialize every monthly asset for each month from --month to --to, one run per month
-    (after training the auto-labeler, when the project turns it on).
+    (after loading the golden set and training the auto-labeler, when the project turns it on).
 
     Each month is its own Dagster run: a failure stops there, and running the same command again
     resumes, reusing every model call already stored (nothing is paid twice). Exit code 0 when every
@@ -79,13 +79,12 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} months"), TimeElapsedColumn(), console=out) as progress:
         task = progress.add_task(f"labeling {project.name}", total=len(months))
-        if project.auto_label.enabled:
-            progress.update(task, description=f"training the auto-labeler of {project.name}")
-            problem = run_problem("label_model", train_label_model(project_path, warehouse_path, verbose=verbose,
-                                                                   on_instance=on_instance))
-            if problem:
-                progress.stop()
-                fail(problem, EXIT_RUN_FAILED)
+        progress.update(task, description=f"golden set and auto-labeler of {project.name}")
+        problem = run_problem("models", train_label_model(project_path, warehouse_path, verbose=verbose,
+                                                          on_instance=on_instance))
+        if problem:
+            progress.stop()
+            fail(problem, EXIT_RUN_FAILED)
         for month in months:
             progress.update(task, description=f"labeling {project.name} {month}")
             result = execute_month(project_path, warehouse_path, month, verbose=verbose, on_instance=on_instance)

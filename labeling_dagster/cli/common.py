@@ -104,7 +104,7 @@ def execute_month(project_path: str, warehouse: Path, month: str, *, selection: 
 
 def train_label_model(project_path: str, warehouse: Path, *, verbose: bool = False,
                       on_instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
-    """Materialize label_model (the auto-labeler) once, before the months that use it."""
+    """Materialize the `models` group (golden_set, label_model) once, before the months that use them."""
     from labeling_dagster.definitions import build_definitions
     from labeling_dagster.schedules import LABEL_MODEL_JOB
 

@@ -32,6 +32,7 @@ TABLES = {
     "first_pass_labels": LABEL_COLUMNS,
     "qa_labels": LABEL_COLUMNS,
     "adjudicated_labels": LABEL_COLUMNS,
+    "golden_set": """item_id VARCHAR, text VARCHAR, label VARCHAR, content_hash VARCHAR, in_golden_sample BOOLEAN""",
     "golden_labels": """month TIMESTAMP, item_id VARCHAR, tier VARCHAR, role VARCHAR, provider VARCHAR,
         model VARCHAR, prompt_version VARCHAR, gold VARCHAR, label VARCHAR, raw_confidence DOUBLE,
         confidence DOUBLE, correct BOOLEAN, failure VARCHAR, forced_human BOOLEAN, call_id VARCHAR, reused BOOLEAN""",
