@@ -25,6 +25,41 @@ def latest_rows(conn, window: dg.TimeWindow) -> tuple[pd.DataFrame, pd.DataFrame
     return every, every.groupby("item_id", sort=False).tail(1).set_index("item_id")
 
 
+def queue_rows(every: pd.DataFrame, queued: pd.DataFrame, texts: pd.Series, definitions: dict[str, str],
+               review) -> list[QueueRow]:
+    """One QueueRow per queued item, in one pass over the tier rows (not one scan per item)."""
+    wanted = set(queued.index)
+    history: dict[str, list[dict]] = {}
+    best: dict[str, dict] = {}
+    for row in every[every["item_id"].isin(wanted)].to_dict("records"):  # sorted by item, then tier order
+        labeled = pd.notna(row["label"])
+        history.setdefault(row["item_id"], []).append({
+            "tier": row["tier"], "provider": row["provider"], "model": row["model"],
+            "label": row["label"] if labeled else None,
+            "confidence": float(row["confidence"]) if labeled and pd.notna(row["confidence"]) else None,
+            "reason": (row["reason"] if labeled else row["failure"]) or "",
+        })
+        if labeled:
+            best[row["item_id"]] = row
+    rows = []
+    for item_id, reason in zip(queued.index, queued["route_reason"]):
+        top = best.get(item_id)
+        label = None if top is None else top["label"]
+        rows.append(QueueRow.from_mapping({
+            "item_id": item_id,
+            "text": texts[item_id],
+            "candidate_label": label,
+            "confidence": None if top is None else top["confidence"],
+            "reason": "" if top is None else top["reason"],
+            "alternatives": [] if top is None else top["alternatives"],
+            "label_definition": definitions.get(label, "") if label else "",
+            "tier_answers": history.get(item_id, []),
+            "queue_reason": reason,
+            "annotators_needed": review.annotators_for(label),
+        }))
+    return rows
+
+
 def _review_plan(conn, spec, month_rows: list[QueueRow], queued: pd.DataFrame) -> dict[str, str] | None:
     """With a monthly review budget smaller than the queue: the items people get (active learning), or
     None when they can review the whole queue. The others wait in the queue, unexported."""
@@ -57,29 +92,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 every, last = latest_rows(conn, window)
                 texts = read_window(conn, "raw_items", window).set_index("item_id")["text"]
                 queued = last[last["next_step"] == "human"] if len(last) else last
-                month_rows = []
-                for item_id, final in queued.iterrows():
-                    history = every[every["item_id"] == item_id]
-                    answered = history[history["label"].notna()]
-                    best = answered.iloc[-1] if len(answered) else None
-                    month_rows.append(QueueRow.from_mapping(dict(
-                        item_id=item_id,
-                        text=texts[item_id],
-                        candidate_label=None if best is None else best["label"],
-                        confidence=None if best is None else float(best["confidence"]),
-                        reason="" if best is None else best["reason"],
-                        alternatives=[] if best is None else best["alternatives"],
-                        label_definition="" if best is None else definitions.get(best["label"], ""),
-                        tier_answers=[
-                            {"tier": r["tier"], "provider": r["provider"], "model": r["model"],
-                             "label": None if pd.isna(r["label"]) else r["label"],
-                             "confidence": None if pd.isna(r["confidence"]) else float(r["confidence"]),
-                             "reason": (r["reason"] if pd.notna(r["label"]) else r["failure"]) or ""}
-                            for r in history.to_dict("records")
-                        ],
-                        queue_reason=final["route_reason"],
-                        annotators_needed=spec.human_review.annotators_for(None if best is None else best["label"]),
-                    )))
+                month_rows = queue_rows(every, queued, texts, definitions, spec.human_review)
                 plan = _review_plan(conn, spec, month_rows, queued)
                 chosen = [row for row in month_rows if plan is None or row.item_id in plan]
                 paths[month] = write_exports(spec.exports_path, month, chosen, spec.taxonomy.names, definitions)
