@@ -135,3 +135,19 @@ def test_definitions_load_the_example() -> None:
     assert {check.name for check in graph.asset_check_keys} >= {
         "every_item_in_one_terminal_state", "labels_in_taxonomy", "ledger_total_equals_sum_of_parts"
     }
+
+
+def test_small_chunks_give_the_same_tables(tiny_project: Path, tmp_path: Path, monkeypatch) -> None:
+    """A large month moves in chunks; with chunks of 4 items the tables must be what one chunk gives."""
+    import labeling_dagster.resources.warehouse as storage
+
+    whole = tmp_path / "whole.duckdb"
+    assert run_month(tiny_project, whole).success
+    monkeypatch.setattr(storage, "CHUNK_ROWS", 4)
+    chunked = tmp_path / "chunked.duckdb"
+    assert run_month(tiny_project, chunked).success
+    for sql in ("SELECT item_id, text FROM raw_items ORDER BY 1",
+                "SELECT item_id, label, next_step FROM first_pass_labels ORDER BY 1",
+                "SELECT item_id, label, next_step FROM qa_labels ORDER BY 1",
+                "SELECT item_id, status, label, decided_by FROM final_labels ORDER BY 1"):
+        assert table(chunked, sql) == table(whole, sql), sql

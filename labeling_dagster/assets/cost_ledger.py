@@ -56,9 +56,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 golden = golden.assign(tier="golden_run:" + golden["tier"]) if len(golden) else golden
                 labels = pd.concat([read_window(conn, table, window) for table in LABEL_TABLES] + [golden], ignore_index=True)
                 if len(labels):
-                    conn.register("incoming_labels", labels)
+                    incoming_labels = labels  # noqa: F841 (read by name in MODEL_ROWS)
                     model = conn.execute(MODEL_ROWS, {"month": stamp}).df()
-                    conn.unregister("incoming_labels")
                 else:
                     model = pd.DataFrame()
                 model = model.assign(kind="model")

@@ -67,9 +67,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                     final["label"] = outcome["label"].where(settled).to_numpy()
                     final["confidence"] = outcome["confidence"].where(settled).to_numpy()
                     final["decided_by"] = outcome["tier"].where(settled).to_numpy()
-                    conn.register("incoming_calls", every[["call_id"]].dropna())
+                    incoming_calls = every[["call_id"]].dropna()  # noqa: F841 (read by name in CALL_SHARES)
                     shares = conn.execute(CALL_SHARES).df().set_index("call_id")["usd_per_item"]
-                    conn.unregister("incoming_calls")
                     model_cost = every.assign(usd=every["call_id"].map(shares).fillna(0.0)).groupby("item_id")["usd"].sum()
                     people = human_outcome(conn, window, final["item_id"], per_review)
                     by_people = (queued & people["settled"]).to_numpy()

@@ -52,9 +52,8 @@ def build_golden_set() -> dg.AssetsDefinition:
         with warehouse.session() as conn:
             conn.execute("DELETE FROM golden_set")
             if len(frame):
-                conn.register("incoming", frame)
+                incoming = frame  # noqa: F841 (read by name in the SQL below)
                 conn.execute("INSERT INTO golden_set BY NAME SELECT * FROM incoming")
-                conn.unregister("incoming")
         return dg.MaterializeResult(metadata={
             "items": len(frame),
             "in_golden_sample": int(frame["in_golden_sample"].sum()) if len(frame) else 0,

@@ -79,9 +79,8 @@ def build_label_model() -> dg.AssetsDefinition:
             conn.execute("DELETE FROM label_models WHERE version = ?", [info["version"]])
             row = {**info, "trained_at": datetime.now(timezone.utc).replace(tzinfo=None), "path": str(path),
                    "held_out": int(data["held_out"].sum()), "curve": json.dumps([vars(p) for p in labeler.curve])}
-            conn.register("incoming", pd.DataFrame([row]))
+            incoming = pd.DataFrame([row])  # noqa: F841 (read by name in the SQL below)
             conn.execute("INSERT INTO label_models BY NAME SELECT * FROM incoming")
-            conn.unregister("incoming")
         curve = pd.DataFrame([vars(point) for point in labeler.curve])
         return dg.MaterializeResult(
             metadata={

@@ -4,9 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from labeling_dagster.assets.common import monthly_asset_args, months_in
-from labeling_dagster.core.sources import read_month
+from labeling_dagster.core.sources import month_files, month_rows
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, replace_window
+from labeling_dagster.resources import warehouse as storage
+from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, naive_utc
 
 
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -16,23 +17,33 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         project's `source.path` glob matches. Rows that cannot be items (empty text, missing or duplicate
         id, unreadable) go to `rejected_items` with the file, line and reason. Read by every tier."""
         spec = project.load()
-        items, rejected, files = [], [], []
-        for month, window in months_in(context.partition_time_window):
-            read = read_month(spec, month)
-            stamp = naive_utc(window.start)
-            items += [{**row, "month": stamp} for row in read.items]
-            rejected += [{**row, "month": stamp} for row in read.rejected]
-            files += read.files
-            context.log.info(f"{month}: {len(read.items)} items, {len(read.rejected)} rejected from {read.files}")
+        files, reasons = [], {}
+        counts = {"item": 0, "rejected": 0}
         with warehouse.session() as conn:
-            replace_window(conn, "raw_items", pd.DataFrame(items), context.partition_time_window)
-            replace_window(conn, "rejected_items", pd.DataFrame(rejected), context.partition_time_window)
-        reasons = pd.Series([row["reason"].split(":")[0] for row in rejected], dtype=str).value_counts()
+            for table in ("raw_items", "rejected_items"):
+                clear_window(conn, table, context.partition_time_window)
+            for month, window in months_in(context.partition_time_window):
+                files += [str(path) for path in month_files(spec, month)]
+                stamp = naive_utc(window.start)
+                chunk: dict[str, list] = {"item": [], "rejected": []}
+                for kind, row in month_rows(spec, month):
+                    chunk[kind].append({**row, "month": stamp})
+                    counts[kind] += 1
+                    if kind == "rejected":
+                        reason = row["reason"].split(":")[0]
+                        reasons[reason] = reasons.get(reason, 0) + 1
+                    if len(chunk["item"]) >= storage.CHUNK_ROWS:
+                        append(conn, "raw_items", pd.DataFrame(chunk["item"]))
+                        chunk["item"] = []
+                append(conn, "raw_items", pd.DataFrame(chunk["item"]))
+                append(conn, "rejected_items", pd.DataFrame(chunk["rejected"]))
+                context.log.info(f"{month}: {counts['item']} items, {counts['rejected']} rejected so far")
+        items, rejected = counts["item"], counts["rejected"]
         return dg.MaterializeResult(
             metadata={
-                "items": len(items),
-                "rejected": len(rejected),
-                "rows_read": len(items) + len(rejected),
+                "items": items,
+                "rejected": rejected,
+                "rows_read": items + rejected,
                 "files": ", ".join(files),
                 "rejected_by_reason": dg.MetadataValue.md(
                     "\n".join(f"- {reason}: {count}" for reason, count in reasons.items()) or "_none_"

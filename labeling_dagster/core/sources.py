@@ -117,8 +117,9 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def read_month(project: Project, month: str) -> MonthRead:
-    """All items of one month (YYYY-MM) from the files its source glob matches."""
+def month_rows(project: Project, month: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Stream one month (YYYY-MM) from the files its source glob matches: ("item", row) or
+    ("rejected", row) per source row, in file order, without holding the month in memory."""
     files = month_files(project, month)
     if not files:
         raise SourceError(
@@ -127,13 +128,12 @@ def read_month(project: Project, month: str) -> MonthRead:
         )
     source = project.source
     required = [source.id_column, source.text_column, *source.metadata_columns]
-    result = MonthRead(files=[str(path) for path in files])
-    first_seen: dict[str, str] = {}
-    for path in files:
+    first_seen: dict[str, tuple[int, int]] = {}  # item id -> (file index, line): compact for a million ids
+    for index, path in enumerate(files):
         for line, row, error in READERS[_format(project, path)](path, required):
             where = {"source_file": str(path), "source_line": line}
             if error is not None:
-                result.rejected.append({**where, "item_id": None, "reason": error})
+                yield "rejected", {**where, "item_id": None, "reason": error}
                 continue
             item_id, text = _text(row.get(source.id_column)), _text(row.get(source.text_column))
             if not item_id:
@@ -141,21 +141,27 @@ def read_month(project: Project, month: str) -> MonthRead:
             elif not text:
                 reason = f"empty {source.text_column}"
             elif item_id in first_seen:
-                reason = f"duplicate {source.id_column}: first seen at {first_seen[item_id]}"
+                seen_file, seen_line = first_seen[item_id]
+                reason = f"duplicate {source.id_column}: first seen at {files[seen_file].name}:{seen_line}"
             else:
                 reason = None
             if reason:
-                result.rejected.append({**where, "item_id": item_id or None, "reason": reason})
+                yield "rejected", {**where, "item_id": item_id or None, "reason": reason}
                 continue
-            first_seen[item_id] = f"{path.name}:{line}"
+            first_seen[item_id] = (index, line)
             metadata = {column: row.get(column) for column in source.metadata_columns}
-            result.items.append(
-                {
-                    **where,
-                    "item_id": item_id,
-                    "text": text,
-                    "metadata": json.dumps(metadata, default=str, sort_keys=True),
-                    "content_hash": content_hash(text),
-                }
-            )
+            yield "item", {
+                **where,
+                "item_id": item_id,
+                "text": text,
+                "metadata": json.dumps(metadata, default=str, sort_keys=True),
+                "content_hash": content_hash(text),
+            }
+
+
+def read_month(project: Project, month: str) -> MonthRead:
+    """All items of one month (YYYY-MM) in memory; month_rows streams them."""
+    result = MonthRead(files=[str(path) for path in month_files(project, month)])
+    for kind, row in month_rows(project, month):
+        (result.items if kind == "item" else result.rejected).append(row)
     return result

@@ -106,14 +106,53 @@ def replace_window(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFr
             f"DELETE FROM {table} WHERE month >= ? AND month < ?", [naive_utc(window.start), naive_utc(window.end)]
         )
         if len(frame):
-            conn.register("incoming", frame)
+            incoming = frame  # noqa: F841 (DuckDB reads the local DataFrame by its name)
             conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
-            conn.unregister("incoming")
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
         raise
     return len(frame)
+
+
+CHUNK_ROWS = 50_000  # rows a large month moves at a time: memory stays bounded by the chunk, not the month
+
+
+def clear_window(conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWindow) -> None:
+    conn.execute(f"DELETE FROM {table} WHERE month >= ? AND month < ?", [naive_utc(window.start), naive_utc(window.end)])
+
+
+def append(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert a chunk. Each chunk commits on its own, so the model calls stored between chunks survive
+    a crash; the rerun clears the window and the call cache makes the repeated calls free."""
+    if len(frame):
+        incoming = frame  # noqa: F841 (DuckDB reads the local DataFrame by its name)
+        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+
+
+def iter_window(
+    conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWindow, where: str = "", rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """The window's rows of `table` in (month, item_id) order, a page at a time. Each page is a
+    complete query (keyset pagination), so `conn` stays free for the call cache between pages."""
+    rows = rows or CHUNK_ROWS
+    last_month, last_item = None, None
+    while True:
+        after = "" if last_month is None else "AND (month > $after_month OR (month = $after_month AND item_id > $after_item))"
+        params = {"start": naive_utc(window.start), "end": naive_utc(window.end)}
+        if last_month is not None:
+            params |= {"after_month": last_month, "after_item": last_item}
+        page = conn.execute(
+            f"SELECT * FROM {table} WHERE month >= $start AND month < $end {where} {after} "
+            f"ORDER BY month, item_id LIMIT {int(rows)}",
+            params,
+        ).df()
+        if not len(page):
+            return
+        yield page
+        last_month, last_item = page["month"].iloc[-1].to_pydatetime(), page["item_id"].iloc[-1]
+        if len(page) < rows:
+            return
 
 
 class DuckDBCallCache:
