@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 EXAMPLE := examples/support_tickets
 
-.PHONY: setup demo test ui clean
+.PHONY: setup demo test ui deploy-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: setup
 ## The Dagster UI on http://127.0.0.1:3000 with run history kept in $(DAGSTER_HOME).
 ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
+
+## Postgres + Redis + celery workers on loopback, one month through the run queue, tables checked.
+## Not part of `make test`: it installs Debian packages and takes a few minutes.
+deploy-check: setup
+	scripts/deploy_check.sh
 
 clean:
 	rm -rf $(VENV) $(DAGSTER_HOME) $(EXAMPLE)/warehouse.duckdb $(EXAMPLE)/exports $(EXAMPLE)/.models

@@ -43,12 +43,14 @@ def build_definitions(
     project_file: str | Path,
     warehouse: str | Path | None = None,
     resource_overrides: dict[str, dg.ConfigurableResource] | None = None,
+    executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
-    """`resource_overrides` replaces resources by key, e.g. a benchmark's instant provider."""
+    """`resource_overrides` replaces resources by key, e.g. a benchmark's instant provider; `executor`
+    replaces the in-process executor, e.g. celery or Kubernetes steps (deploy/)."""
     project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
     partitions = monthly_partitions(project)
     journal = str(project.root / ".batches")  # open provider batch jobs, so a crashed run collects them
-    job, training = monthly_job(), label_model_job()
+    job, training = monthly_job(project), label_model_job()
     return dg.Definitions(
         assets=build_assets(partitions),
         jobs=[job, training],
@@ -67,11 +69,17 @@ def build_definitions(
             **(resource_overrides or {}),
         },
         # DuckDB allows one writer: steps of a run go one after another in one process.
-        executor=dg.in_process_executor,
+        executor=executor or dg.in_process_executor,
     )
 
 
-defs = build_definitions(
-    os.environ.get("LABELING_PROJECT", str(EXAMPLE_PROJECT)),
-    os.environ.get("LABELING_WAREHOUSE") or None,
-)
+def definitions_from_environment(executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
+    """The Definitions of the project named by LABELING_PROJECT (default: the bundled example)."""
+    return build_definitions(
+        os.environ.get("LABELING_PROJECT", str(EXAMPLE_PROJECT)),
+        os.environ.get("LABELING_WAREHOUSE") or None,
+        executor=executor,
+    )
+
+
+defs = definitions_from_environment()

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import dagster as dg
 
+from labeling_dagster.project import Project
+
 MONTHLY_JOB = "monthly_labeling"
 LABEL_MODEL_JOB = "label_model_training"
 
 
-def monthly_job() -> dg.UnresolvedAssetJobDefinition:
+def provider_pools(project: Project) -> dict[str, str]:
+    """Run tags naming the provider accounts a month calls, so the run queue can cap how many runs share
+    one account's rate limits (deploy/*/dagster.yaml: tag_concurrency_limits on labeling_pool/<pool>)."""
+    pools = set()
+    for tier in project.tiers:
+        if tier.provider == "local":
+            continue
+        compatible = tier.provider == "openai" and "base_url" in tier.options
+        pools.add("openai_compatible" if compatible else tier.provider)
+    return {f"labeling_pool/{pool}": "1" for pool in sorted(pools)}
+
+
+def monthly_job(project: Project) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         MONTHLY_JOB,
         selection=dg.AssetSelection.groups("labeling"),
+        tags=provider_pools(project),
         description="Every monthly asset of the labeling pipeline, for one month or a range of months.",
     )
 

@@ -114,3 +114,11 @@ def test_batch_mode_tiers_are_priced_at_the_discount_and_not_resubmitted(paid_pr
     requests = len(server.requests)
     assert run_month(paid_project, warehouse).success
     assert len(server.requests) == requests  # a rerun submits no batch again
+
+
+def test_paid_months_carry_provider_pool_tags(paid_project: Path, tmp_path: Path) -> None:
+    from labeling_dagster.definitions import build_definitions
+
+    job = build_definitions(paid_project, tmp_path / "w.duckdb").resolve_job_def("monthly_labeling")
+    # Both OpenAI tiers point at a base_url (the simulated server): an OpenAI-compatible account.
+    assert job.tags == {"labeling_pool/anthropic": "1", "labeling_pool/openai_compatible": "1"}
