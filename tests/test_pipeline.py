@@ -149,5 +149,6 @@ def test_small_chunks_give_the_same_tables(tiny_project: Path, tmp_path: Path, m
     for sql in ("SELECT item_id, text FROM raw_items ORDER BY 1",
                 "SELECT item_id, label, next_step FROM first_pass_labels ORDER BY 1",
                 "SELECT item_id, label, next_step FROM qa_labels ORDER BY 1",
+                "SELECT item_id, candidate_label, queue_reason, tier_answers FROM review_queue ORDER BY 1",
                 "SELECT item_id, status, label, decided_by FROM final_labels ORDER BY 1"):
         assert table(chunked, sql) == table(whole, sql), sql

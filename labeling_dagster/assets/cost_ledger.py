@@ -52,9 +52,11 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         with warehouse.session() as conn:
             for month, window in months_in(context.partition_time_window):
                 stamp = naive_utc(window.start)
-                golden = read_window(conn, "golden_labels", window)
-                golden = golden.assign(tier="golden_run:" + golden["tier"]) if len(golden) else golden
-                labels = pd.concat([read_window(conn, table, window) for table in LABEL_TABLES] + [golden], ignore_index=True)
+                labels = conn.execute(" UNION ALL ".join(
+                    f"SELECT item_id, {tier} AS tier, provider, model, call_id, reused FROM {table} "
+                    "WHERE month >= $start AND month < $end"
+                    for table, tier in [*((t, "tier") for t in LABEL_TABLES), ("golden_labels", "'golden_run:' || tier")]
+                ), {"start": stamp, "end": naive_utc(window.end)}).df()
                 if len(labels):
                     incoming_labels = labels  # noqa: F841 (read by name in MODEL_ROWS)
                     model = conn.execute(MODEL_ROWS, {"month": stamp}).df()

@@ -54,8 +54,10 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         frames, raws, rejected = [], [], 0
         with warehouse.session() as conn:
             for month, window in months_in(context.partition_time_window):
-                raw = read_window(conn, "raw_items", window)
-                every, last = latest_rows(conn, window)
+                raw = conn.execute(
+                    "SELECT item_id, content_hash FROM raw_items WHERE month >= ? AND month < ? ORDER BY item_id",
+                    [naive_utc(window.start), naive_utc(window.end)]).df()
+                every, last = latest_rows(conn, window, "item_id, tier, label, confidence, call_id, next_step")
                 rejected += len(read_window(conn, "rejected_items", window))
                 final = raw[["item_id", "content_hash"]].copy()
                 final["month"] = naive_utc(window.start)

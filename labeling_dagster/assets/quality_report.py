@@ -51,12 +51,17 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 calibrations = read_window(conn, "calibrations", window)
                 consensus = read_window(conn, "review_consensus", window)
                 people = dict(zip(consensus["item_id"], consensus["label"])) if len(consensus) else None
+                bounds = [naive_utc(window.start), naive_utc(window.end)]
                 month_labels = {}
-                for table in LABEL_TABLES:
-                    labels = read_window(conn, table, window)
-                    for tier, part in labels[labels["label"].notna()].groupby("tier") if len(labels) else []:
-                        month_labels[tier] = dict(zip(part["item_id"], part["label"]))
-                items = len(read_window(conn, "raw_items", window))
+                if people:  # agreement with people is measured on the items they reviewed
+                    reviewed = consensus[["item_id"]]  # noqa: F841 (read by name in the SQL below)
+                    for table in LABEL_TABLES:
+                        labels = conn.execute(
+                            f"SELECT item_id, tier, label FROM {table} WHERE month >= ? AND month < ? "
+                            "AND label IS NOT NULL AND item_id IN (SELECT item_id FROM reviewed)", bounds).df()
+                        for tier, part in labels.groupby("tier"):
+                            month_labels[tier] = dict(zip(part["item_id"], part["label"]))
+                items = conn.execute("SELECT COUNT(*) FROM raw_items WHERE month >= ? AND month < ?", bounds).fetchall()[0][0]
                 report = build_report(spec, golden, calibrations, sizes, people, month_labels, items_per_month=items)
                 rows += [{**row, "month": naive_utc(window.start)} for row in report.rows]
                 plots = []

@@ -9,20 +9,43 @@ from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, mon
 from labeling_dagster.assets.label_model import latest_auto_labeler
 from labeling_dagster.core.autolabel import plan_reviews
 from labeling_dagster.core.labels import Item
-from labeling_dagster.core.review_formats import QueueRow, write_exports
+from labeling_dagster.core.review_formats import ExportWriter, QueueRow
+from labeling_dagster.resources import warehouse as storage
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
+from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, naive_utc, read_window
+
+TIER_ROW_COLUMNS = "item_id, tier, provider, model, label, confidence, reason, failure, alternatives, call_id, next_step, route_reason"
 
 
-def latest_rows(conn, window: dg.TimeWindow) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _tier_rows_sql(columns: str, where: str = "") -> str:
+    """Every tier row of the window in tier order (`stage`), optionally for some items only."""
+    return " UNION ALL ".join(
+        f"SELECT {columns}, {stage} AS stage FROM {table} WHERE month >= $start AND month < $end {where}"
+        for stage, table in enumerate(LABEL_TABLES)
+    )
+
+
+def latest_rows(conn, window: dg.TimeWindow, columns: str = TIER_ROW_COLUMNS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every tier row of the window (in tier order) and, per item, the last tier's row, which holds
-    the item's routing outcome."""
-    frames = [read_window(conn, table, window).assign(stage=order) for order, table in enumerate(LABEL_TABLES)]
-    frames = [frame for frame in frames if len(frame)]
-    if not frames:
-        return pd.DataFrame(), pd.DataFrame()
-    every = pd.concat(frames, ignore_index=True).sort_values(["item_id", "stage"])
+    the item's routing outcome. `columns`: what the caller needs (item_id and next_step at least)."""
+    every = conn.execute(f"SELECT * FROM ({_tier_rows_sql(columns)}) ORDER BY item_id, stage", _bounds(window)).df()
+    if not len(every):
+        return every, every
     return every, every.groupby("item_id", sort=False).tail(1).set_index("item_id")
+
+
+def _bounds(window: dg.TimeWindow) -> dict:
+    return {"start": naive_utc(window.start), "end": naive_utc(window.end)}
+
+
+def queued_items(conn, window: dg.TimeWindow) -> pd.DataFrame:
+    """The items whose last tier sent them to people, with why (indexed by item_id, in item order)."""
+    return conn.execute(
+        f"""SELECT item_id, route_reason FROM ({_tier_rows_sql("item_id, next_step, route_reason")})
+            QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY stage DESC) = 1 AND next_step = 'human'
+            ORDER BY item_id""",
+        _bounds(window),
+    ).df().set_index("item_id")
 
 
 def queue_rows(every: pd.DataFrame, queued: pd.DataFrame, texts: pd.Series, definitions: dict[str, str],
@@ -60,16 +83,17 @@ def queue_rows(every: pd.DataFrame, queued: pd.DataFrame, texts: pd.Series, defi
     return rows
 
 
-def _review_plan(conn, spec, month_rows: list[QueueRow], queued: pd.DataFrame) -> dict[str, str] | None:
+def _review_plan(conn, spec, window: dg.TimeWindow, queued: pd.DataFrame) -> dict[str, str] | None:
     """With a monthly review budget smaller than the queue: the items people get (active learning), or
     None when they can review the whole queue. The others wait in the queue, unexported."""
     budget = spec.human_review.monthly_review_budget
-    if budget is None or len(month_rows) <= budget:
+    if budget is None or len(queued) <= budget:
         return None
     labeler = latest_auto_labeler(conn, spec)
     required = [item_id for item_id, reason in zip(queued.index, queued["route_reason"])
                 if reason.startswith("always to people") or reason.startswith("label ")]
-    pool = [Item(row.item_id, row.text, "") for row in month_rows]
+    texts = read_window(conn, "raw_items", window).set_index("item_id")["text"]
+    pool = [Item(item_id, texts[item_id], "") for item_id in queued.index]
     return plan_reviews(pool, budget, required=required, model=labeler.model if labeler else None,
                         strategy=spec.human_review.review_selection, random_share=spec.human_review.random_share)
 
@@ -83,39 +107,53 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         items people get (rules first, a random share, then the ones that teach the auto-labeler most);
         the rest wait, marked `waiting`, and are not exported.
         Also written per month as CSV, JSONL, Label Studio tasks and a Ground Truth manifest under the
-        project's exports folder, which reviewers open and fill."""
+        project's exports folder, which reviewers open and fill. A large queue moves a page at a time."""
         spec = project.load()
         definitions = {label.name: label.description for label in spec.taxonomy.labels}
-        rows, paths = [], {}
+        paths, reasons = {}, {}
+        counts = {"queued": 0, "selected": 0}
         with warehouse.session() as conn:
+            clear_window(conn, "review_queue", context.partition_time_window)
             for month, window in months_in(context.partition_time_window):
-                every, last = latest_rows(conn, window)
-                texts = read_window(conn, "raw_items", window).set_index("item_id")["text"]
-                queued = last[last["next_step"] == "human"] if len(last) else last
-                month_rows = queue_rows(every, queued, texts, definitions, spec.human_review)
-                plan = _review_plan(conn, spec, month_rows, queued)
-                chosen = [row for row in month_rows if plan is None or row.item_id in plan]
-                paths[month] = write_exports(spec.exports_path, month, chosen, spec.taxonomy.names, definitions)
+                queued = queued_items(conn, window)
+                plan = _review_plan(conn, spec, window, queued)
                 stamp = naive_utc(window.start)
-                rows += [{**row.to_json(), "month": stamp, "selected_for_review": plan is None or row.item_id in plan,
-                          "selection": "all" if plan is None else plan.get(row.item_id, "waiting")}
-                         for row in month_rows]
-            frame = pd.DataFrame(rows)
-            if len(frame):
-                frame["alternatives"] = frame["alternatives"].map(json.dumps)
-                frame["tier_answers"] = frame["tier_answers"].map(json.dumps)
-            replace_window(conn, "review_queue", frame, context.partition_time_window)
-        reasons = frame["queue_reason"].str.replace(r"[0-9.]+", "N", regex=True).value_counts() if len(frame) else {}
+                with ExportWriter(spec.exports_path, month, spec.taxonomy.names, definitions) as export:
+                    for start in range(0, len(queued), storage.CHUNK_ROWS):
+                        page = queued.iloc[start : start + storage.CHUNK_ROWS]
+                        page_ids = pd.DataFrame({"item_id": page.index})  # noqa: F841 (read by name in the SQL)
+                        every = conn.execute(
+                            f"SELECT * FROM ({_tier_rows_sql(TIER_ROW_COLUMNS, 'AND item_id IN (SELECT item_id FROM page_ids)')}) "
+                            "ORDER BY item_id, stage", _bounds(window)).df()
+                        texts = conn.execute(
+                            "SELECT item_id, text FROM raw_items WHERE month >= $start AND month < $end "
+                            "AND item_id IN (SELECT item_id FROM page_ids)", _bounds(window)).df().set_index("item_id")["text"]
+                        rows = queue_rows(every, page, texts, definitions, spec.human_review)
+                        export.add([row for row in rows if plan is None or row.item_id in plan])
+                        table = pd.DataFrame([
+                            {**row.to_json(), "month": stamp, "selected_for_review": plan is None or row.item_id in plan,
+                             "selection": "all" if plan is None else plan.get(row.item_id, "waiting")}
+                            for row in rows
+                        ])
+                        if len(table):
+                            table["alternatives"] = table["alternatives"].map(json.dumps)
+                            table["tier_answers"] = table["tier_answers"].map(json.dumps)
+                        append(conn, "review_queue", table)
+                        counts["selected"] += int(table["selected_for_review"].sum()) if len(table) else 0
+                paths[month] = export.paths
+                counts["queued"] += len(queued)
+                for reason, n in queued["route_reason"].str.replace(r"[0-9.]+", "N", regex=True).value_counts().items():
+                    reasons[reason] = reasons.get(reason, 0) + int(n)
         return dg.MaterializeResult(
             metadata={
-                "queued": len(frame),
-                "selected_for_review": int(frame["selected_for_review"].sum()) if len(frame) else 0,
-                "waiting_over_budget": int((~frame["selected_for_review"].astype(bool)).sum()) if len(frame) else 0,
+                "queued": counts["queued"],
+                "selected_for_review": counts["selected"],
+                "waiting_over_budget": counts["queued"] - counts["selected"],
                 "exports": dg.MetadataValue.md(
                     "\n".join(f"- {month}: " + ", ".join(f"[{fmt}]({path})" for fmt, path in files.items())
-                              for month, files in paths.items())
+                               for month, files in paths.items())
                 ),
-                "why_queued": dg.MetadataValue.md("\n".join(f"- {r}: {n}" for r, n in dict(reasons).items()) or "_none_"),
+                "why_queued": dg.MetadataValue.md("\n".join(f"- {r}: {n}" for r, n in reasons.items()) or "_none_"),
             }
         )
 

@@ -152,13 +152,105 @@ def write_exports(
     definitions: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write every export format of one month's queue; returns `export_paths`."""
-    paths = export_paths(exports_dir, month)
-    write_csv(paths["csv"], rows)
-    write_jsonl(paths["jsonl"], rows)
-    write_label_studio(paths["label_studio_tasks"], rows)
-    write_atomic(paths["label_studio_config"], label_studio_config(taxonomy_labels, definitions))
-    write_ground_truth_manifest(paths["ground_truth_manifest"], rows)
-    return paths
+    with ExportWriter(exports_dir, month, taxonomy_labels, definitions) as export:
+        export.add(rows)
+    return export.paths
+
+
+class ExportWriter:
+    """Every export file of one month, written a chunk of rows at a time (a large queue never sits in
+    memory as one string). Each file grows as a temp file beside its final name and is renamed into
+    place when the writer closes without error, so a review tool never reads half a file."""
+
+    def __init__(
+        self,
+        exports_dir: str | Path,
+        month: str | date,
+        taxonomy_labels: Sequence[str],
+        definitions: Mapping[str, str] | None = None,
+    ) -> None:
+        self.paths = export_paths(exports_dir, month)
+        self._config = label_studio_config(taxonomy_labels, definitions)
+        self._temps: dict[str, Path] = {}
+        self._files: dict[str, Any] = {}
+        self._tasks = 0
+
+    def __enter__(self) -> ExportWriter:
+        for kind in ("csv", "jsonl", "label_studio_tasks", "ground_truth_manifest"):
+            path = self.paths[kind]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            self._temps[kind] = Path(name)
+            self._files[kind] = os.fdopen(handle, "w", encoding="utf-8", newline="")
+        self._csv = csv.DictWriter(self._files["csv"], fieldnames=QUEUE_CSV_COLUMNS, lineterminator="\n")
+        self._csv.writeheader()
+        self._files["label_studio_tasks"].write("[")
+        return self
+
+    def add(self, rows: Sequence[QueueRow]) -> None:
+        for row in rows:
+            self._csv.writerow(_csv_record(row))
+            self._files["jsonl"].write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+            separator = "\n" if self._tasks == 0 else ",\n"
+            self._files["label_studio_tasks"].write(separator + json.dumps(_ls_task(row), ensure_ascii=False))
+            self._tasks += 1
+            self._files["ground_truth_manifest"].write(json.dumps(_gt_record(row), ensure_ascii=False) + "\n")
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if error is None:
+            self._files["label_studio_tasks"].write("\n]\n")
+        for handle in self._files.values():
+            handle.close()
+        if error is not None:
+            for temp in self._temps.values():
+                temp.unlink(missing_ok=True)
+            return
+        for name, temp in self._temps.items():
+            os.replace(temp, self.paths[name])
+        write_atomic(self.paths["label_studio_config"], self._config)
+
+
+def _csv_record(row: QueueRow) -> dict[str, Any]:
+    record = row.to_json()
+    record["alternatives"] = json.dumps(record["alternatives"])
+    record["tier_answers"] = json.dumps(record["tier_answers"])
+    record.update(annotator_id="", label="", seconds="")
+    return {key: "" if value is None else value for key, value in record.items()}
+
+
+def _ls_task(row: QueueRow) -> dict[str, Any]:
+    predictions = [
+        {
+            "model_version": f"{answer.tier}:{answer.provider}:{answer.model}",
+            "score": answer.confidence,
+            "result": [_ls_choice(answer.label)],
+        }
+        for answer in row.tier_answers
+        if answer.label is not None
+    ]
+    return {
+        "data": {
+            "text": row.text,
+            "item_id": row.item_id,
+            "candidate_label": row.candidate_label or "",
+            "queue_reason": row.queue_reason,
+            "label_definition": row.label_definition,
+            "annotators_needed": row.annotators_needed,
+        },
+        "predictions": predictions,
+    }
+
+
+def _gt_record(row: QueueRow) -> dict[str, Any]:
+    return {
+        "source": row.text,
+        "metadata": {
+            "item_id": row.item_id,
+            "candidate_label": row.candidate_label,
+            "queue_reason": row.queue_reason,
+            "annotators_needed": row.annotators_needed,
+        },
+    }
 
 
 def write_csv(path: str | Path, rows: Sequence[QueueRow]) -> Path:
@@ -167,12 +259,7 @@ def write_csv(path: str | Path, rows: Sequence[QueueRow]) -> Path:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=QUEUE_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        record = row.to_json()
-        record["alternatives"] = json.dumps(record["alternatives"])
-        record["tier_answers"] = json.dumps(record["tier_answers"])
-        record.update(annotator_id="", label="", seconds="")
-        writer.writerow({key: "" if value is None else value for key, value in record.items()})
+    writer.writerows(_csv_record(row) for row in rows)
     return write_atomic(path, buffer.getvalue())
 
 
@@ -184,31 +271,7 @@ def write_jsonl(path: str | Path, rows: Sequence[QueueRow]) -> Path:
 def write_label_studio(path: str | Path, rows: Sequence[QueueRow]) -> Path:
     """Label Studio tasks: `data` holds the text, the item id and the queue context; one prediction per
     tier that answered, so reviewers see each model's label and score."""
-    tasks = []
-    for row in rows:
-        predictions = [
-            {
-                "model_version": f"{answer.tier}:{answer.provider}:{answer.model}",
-                "score": answer.confidence,
-                "result": [_ls_choice(answer.label)],
-            }
-            for answer in row.tier_answers
-            if answer.label is not None
-        ]
-        tasks.append(
-            {
-                "data": {
-                    "text": row.text,
-                    "item_id": row.item_id,
-                    "candidate_label": row.candidate_label or "",
-                    "queue_reason": row.queue_reason,
-                    "label_definition": row.label_definition,
-                    "annotators_needed": row.annotators_needed,
-                },
-                "predictions": predictions,
-            }
-        )
-    return write_atomic(path, json.dumps(tasks, ensure_ascii=False, indent=1))
+    return write_atomic(path, json.dumps([_ls_task(row) for row in rows], ensure_ascii=False, indent=1))
 
 
 def label_studio_config(taxonomy_labels: Sequence[str], definitions: Mapping[str, str] | None = None) -> str:
@@ -235,19 +298,7 @@ def label_studio_config(taxonomy_labels: Sequence[str], definitions: Mapping[str
 def write_ground_truth_manifest(path: str | Path, rows: Sequence[QueueRow]) -> Path:
     """A SageMaker Ground Truth input manifest: `source` is the text; `metadata` carries the item id
     (Ground Truth copies it into the output manifest, which is how reviews find their item)."""
-    lines = []
-    for row in rows:
-        record = {
-            "source": row.text,
-            "metadata": {
-                "item_id": row.item_id,
-                "candidate_label": row.candidate_label,
-                "queue_reason": row.queue_reason,
-                "annotators_needed": row.annotators_needed,
-            },
-        }
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    return write_atomic(path, "".join(lines))
+    return write_atomic(path, "".join(json.dumps(_gt_record(row), ensure_ascii=False) + "\n" for row in rows))
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
