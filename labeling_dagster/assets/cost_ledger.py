@@ -7,7 +7,7 @@ from labeling_dagster import checks
 from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, months_in
 from labeling_dagster.assets.final_labels import human_outcome
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
+from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_columns, read_window, replace_window
 
 # Each call is counted once per month, at what it cost when it was paid; a call first paid in another
 # month (the same batch seen again) costs this month nothing and shows only as reused.
@@ -63,13 +63,13 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 else:
                     model = pd.DataFrame()
                 model = model.assign(kind="model")
-                queue = read_window(conn, "review_queue", window)
+                queue = read_columns(conn, "review_queue", window, "item_id")
                 done = read_window(conn, "review_consensus", window)
                 pending = human_outcome(conn, window, queue["item_id"], review.usd_per_review) if len(queue) else None
                 rate = f"${review.hourly_rate_usd:g}/h at {review.reviews_per_hour:g} reviews/h"
                 human = pd.DataFrame([
                     {"kind": "human", "tier": "human_review", "provider": "people", "model": rate,
-                     "items": len(done), "calls": len(read_window(conn, "human_reviews", window)),
+                     "items": len(done), "calls": len(read_columns(conn, "human_reviews", window, "item_id")),
                      "usd": float(done["labor_usd"].sum()) if len(done) else 0.0},
                     {"kind": "human", "tier": "human_review_pending", "provider": "people", "model": f"estimate, {rate}",
                      "items": int((~pending["settled"]).sum()) if pending is not None else 0,

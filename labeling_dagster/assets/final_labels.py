@@ -8,7 +8,7 @@ from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, mon
 from labeling_dagster.assets.review_queue import latest_rows
 from labeling_dagster.core.quality import golden_score, held_out_answers
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
+from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_columns, read_window, replace_window
 
 CALL_SHARES = """
     SELECT call_id, usd / NULLIF(item_count, 0) AS usd_per_item FROM model_calls
@@ -19,7 +19,7 @@ CALL_SHARES = """
 def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_review: float) -> pd.DataFrame:
     """Per item (aligned with `item_ids`): whether people settled it, their label and confidence, and its
     human cost: the labor so far plus, while unsettled, the reviews it still needs at the flat rate."""
-    queue = read_window(conn, "review_queue", window).set_index("item_id")
+    queue = read_columns(conn, "review_queue", window, "item_id, annotators_needed").set_index("item_id")
     merged = read_window(conn, "review_consensus", window).set_index("item_id")
     needed = queue["annotators_needed"].reindex(item_ids).fillna(0).to_numpy()
     have = merged["n_annotators"].reindex(item_ids).fillna(0).to_numpy()

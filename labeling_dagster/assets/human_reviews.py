@@ -9,7 +9,7 @@ from labeling_dagster.assets.common import MODEL_TIER_TABLES, markdown_table, mo
 from labeling_dagster.core.consensus import consensus
 from labeling_dagster.core.review_formats import file_fingerprint, read_reviews, review_files, write_rejection_report
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
+from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_columns, read_window, replace_window
 
 
 def labor_usd(seconds: pd.Series, hourly_rate: float, usd_per_review: float) -> pd.Series:
@@ -31,7 +31,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         with warehouse.session() as conn:
             for month, window in months_in(context.partition_time_window):
                 stamp = naive_utc(window.start)
-                queue = read_window(conn, "review_queue", window)
+                queue = read_columns(conn, "review_queue", window, "item_id, annotators_needed")
                 needed = dict(zip(queue["item_id"], queue["annotators_needed"])) if len(queue) else {}
                 seen: dict[str, str] = {}
                 month_rows = []

@@ -14,7 +14,7 @@ from labeling_dagster.assets.common import items_from, markdown_table, monthly_a
 from labeling_dagster.core.autolabel import AutoLabeler, accept, build_auto_labeler
 from labeling_dagster.project import Project
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_window, replace_window
+from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, iter_window, naive_utc
 
 MODEL_GROUP = "models"
 
@@ -109,8 +109,11 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
             labeler = latest_auto_labeler(conn, spec)
             if labeler is None:
                 raise dg.Failure("auto_label.enabled is set but no label model is stored; materialize `label_model` first")
-            for month, window in months_in(context.partition_time_window):
-                items = items_from(read_window(conn, "raw_items", window))
+            pages = ((month, window, page) for month, window in months_in(context.partition_time_window)
+                     for page in iter_window(conn, "raw_items", window))
+            clear_window(conn, "auto_labels", context.partition_time_window)
+            for month, window, page in pages:
+                items = items_from(page)
                 result = accept(labeler.model, labeler.choice.threshold, items)
                 taken = {answer.item_id: answer for answer in result.accepted}
                 for item in items:
@@ -131,7 +134,8 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                     })
                 accepted_total += len(taken)
                 items_total += len(items)
-            replace_window(conn, "auto_labels", pd.DataFrame(rows), context.partition_time_window)
+                append(conn, "auto_labels", pd.DataFrame(rows))
+                rows = []
         review = spec.human_review
         saved_reviews = accepted_total * review.annotators_per_item
         return dg.MaterializeResult(

@@ -5,8 +5,8 @@ import pandas as pd
 
 from labeling_dagster.assets.common import monthly_asset_args, months_in
 from labeling_dagster.core.sources import month_files, month_rows
-from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources import warehouse as storage
+from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, naive_utc
 
 

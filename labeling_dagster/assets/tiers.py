@@ -18,7 +18,14 @@ from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, append, clear_window, iter_window, naive_utc
+from labeling_dagster.resources.warehouse import (
+    DuckDBCallCache,
+    Warehouse,
+    append,
+    clear_window,
+    iter_window,
+    naive_utc,
+)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,13 @@ def read_window(conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWind
     ).df()
 
 
+def read_columns(conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWindow, columns: str) -> pd.DataFrame:
+    """Only `columns` of the window's rows: what a later asset needs of a large table (not its texts)."""
+    return conn.execute(
+        f"SELECT {columns} FROM {table} WHERE month >= ? AND month < ?", [naive_utc(window.start), naive_utc(window.end)]
+    ).df()
+
+
 def replace_window(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, window: dg.TimeWindow) -> int:
     """Replace the window's rows of `table` with `frame` (whose columns are a subset of the table's)."""
     conn.execute("BEGIN TRANSACTION")
