@@ -232,6 +232,11 @@ class Project(_Strict):
     quality: Quality = Quality()
     auto_label: AutoLabel = AutoLabel()
     prices: dict[str, ModelPrice] = {}
+    batch_over_items: int | None = Field(
+        default=100_000, ge=1,
+        description="a paid tier without options.mode uses its provider's batch API (50% off, slower) when one run "
+        "gives it more items than this, e.g. a backfill; None: always online",
+    )
     warehouse: str = Field(default="warehouse.duckdb", description="DuckDB file, relative to the project folder")
     exports_dir: str = "exports"
 

@@ -122,3 +122,19 @@ def test_paid_months_carry_provider_pool_tags(paid_project: Path, tmp_path: Path
     job = build_definitions(paid_project, tmp_path / "w.duckdb").resolve_job_def("monthly_labeling")
     # Both OpenAI tiers point at a base_url (the simulated server): an OpenAI-compatible account.
     assert job.tags == {"labeling_pool/anthropic": "1", "labeling_pool/openai_compatible": "1"}
+
+
+def test_large_runs_default_to_the_batch_api(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    # No tier sets options.mode. With batch_over_items 5 the month's tiers (12-13 items each) go through
+    # the batch APIs at half price; the golden run (3 items) stays online.
+    yaml = paid_project / "project.yaml"
+    text = yaml.read_text().replace("max_concurrency: 2}", "max_concurrency: 2, poll_interval_s: 0.01}")
+    text = text.replace("api_key_env: TEST_ANTHROPIC_KEY}", "api_key_env: TEST_ANTHROPIC_KEY, poll_interval_s: 0.01}")
+    text = text.replace(f'base_url: "{server.openai_base_url}"}}}}', f'base_url: "{server.openai_base_url}", poll_interval_s: 0.01}}}}')
+    yaml.write_text(text + "batch_over_items: 5\n")
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(paid_project, warehouse).success
+    assert server.calls("/v1/batches") and server.calls("/v1/messages/batches")
+    golden = "SELECT call_id FROM golden_labels WHERE call_id IS NOT NULL"
+    assert table(warehouse, f"SELECT DISTINCT batch FROM model_calls WHERE call_id NOT IN ({golden})") == [(True,)]
+    assert table(warehouse, f"SELECT DISTINCT batch FROM model_calls WHERE call_id IN ({golden})") == [(False,)]

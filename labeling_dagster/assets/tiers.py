@@ -13,7 +13,7 @@ from labeling_dagster.assets.golden_labels import calibrated, stored_calibrator
 from labeling_dagster.core import routing
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
 from labeling_dagster.core.runner import run_tier
-from labeling_dagster.project import Project
+from labeling_dagster.project import Project, TierConfig
 from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.openai_provider import OpenAIProvider
@@ -90,6 +90,26 @@ def _todo_sql(stage: Stage, conn, window: dg.TimeWindow) -> str:
     return f"AND item_id IN ({routed})"
 
 
+def _count_todo(stage: Stage, conn, window: dg.TimeWindow) -> int:
+    return sum(
+        conn.execute(
+            f"SELECT COUNT(*) FROM raw_items WHERE month >= ? AND month < ? {_todo_sql(stage, conn, month_window)}",
+            [naive_utc(month_window.start), naive_utc(month_window.end)],
+        ).fetchall()[0][0]
+        for _, month_window in months_in(window)
+    )
+
+
+def _with_batch_default(tier: TierConfig, spec: Project, items: int) -> TierConfig:
+    """A paid tier with no options.mode goes through the provider's batch API when the run is large (a
+    backfill): half price, and the prompt version (so the call cache) does not depend on the mode."""
+    if tier.provider == "local" or "mode" in tier.options or spec.batch_over_items is None:
+        return tier
+    if items <= spec.batch_over_items:
+        return tier
+    return tier.model_copy(update={"options": {**tier.options, "mode": "batch"}})
+
+
 def _todo_chunks(stage: Stage, conn, window: dg.TimeWindow):
     """Chunks of (items, the earlier answers a prompt shows, the earlier answers routing compares),
     in item order, so a month of a million items never sits in memory at once."""
@@ -156,6 +176,7 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinit
         totals = {"items": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0, "budget_stopped": 0}
         with warehouse.session() as conn:
             clear_window(conn, stage.asset, context.partition_time_window)
+            tier = tier and _with_batch_default(tier, spec, _count_todo(stage, conn, context.partition_time_window))
             for month, window in months_in(context.partition_time_window):
                 for todo, prior, earlier in _todo_chunks(stage, conn, window):
                     if tier is None:
