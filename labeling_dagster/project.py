@@ -307,17 +307,31 @@ class Project(_Strict):
         return self.resolve(self.human_review.reviews_dir)
 
 
-def _format_errors(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid project file ({error.error_count()} problem(s)):"]
+def format_validation_errors(source: str, what: str, error: ValidationError, hint=None) -> str:
+    """One line per problem, each naming its key; `hint(item)` may add advice to an error's message.
+    Whole-file rules name their key at the start of their message, which becomes the key here."""
+    lines = [f"{source}: invalid {what} ({error.error_count()} problem(s)):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if not key:
-            # Whole-file rules (in _consistent) name their key at the start of the message.
             named = re.match(r"^([a-z_]+(?:\.[a-z_0-9]+)*): (.*)$", message, re.DOTALL)
             key, message = (named.group(1), named.group(2)) if named else ("(top level)", message)
-        lines.append(f"  - {key}: {message}")
+        lines.append(f"  - {key}: {message}{hint(item) if hint else ''}")
     return "\n".join(lines)
+
+
+def read_yaml_mapping(path: Path, what: str, keys_hint: str, error: type[Exception]) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; `error` names the file and what is wrong."""
+    if not path.is_file():
+        raise error(f"{path}: no such {what}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping of keys ({keys_hint})")
+    return raw
 
 
 def load_project(path: str | Path) -> Project:
@@ -327,16 +341,11 @@ def load_project(path: str | Path) -> Project:
         path = path / "project.yaml"
     if not path.exists():
         raise ProjectFileError(f"{path}: no such project file; pass a folder with project.yaml or the file itself")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ProjectFileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ProjectFileError(f"{path}: expected a mapping of keys (name, taxonomy, source, tiers, ...)")
+    raw = read_yaml_mapping(path, "project file", "name, taxonomy, source, tiers, ...", ProjectFileError)
     try:
         project = Project.model_validate(raw)
     except ValidationError as exc:
-        raise ProjectFileError(_format_errors(path, exc)) from None
+        raise ProjectFileError(format_validation_errors(str(path), "project file", exc)) from None
     project._root = path.parent.resolve()
     for key, labeled in (("seed_set", project.seed_set), ("golden_set", project.golden_set)):
         if labeled is not None and not project.resolve(labeled.path).exists():

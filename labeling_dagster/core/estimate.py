@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from labeling_dagster.core.pricing import ModelPrice, PriceCatalog
+from labeling_dagster.project import format_validation_errors, read_yaml_mapping
 
 MILLION = Decimal(1_000_000)
 CENT = Decimal("0.01")
@@ -309,27 +310,18 @@ class MixEstimate:
         }
 
 
+def _layer_hint(item: dict) -> str:
+    if item["type"] == "extra_forbidden" and len(item["loc"]) == 2 and item["loc"][0] == "layers":
+        return f"; the layers are {', '.join(LAYER_NAMES)} (the premium model is `adjudication`)"
+    return ""
+
+
 def _format_errors(source: str, what: str, error: ValidationError) -> str:
-    lines = [f"{source}: invalid {what} ({error.error_count()} problem(s)):"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden" and len(item["loc"]) == 2 and item["loc"][0] == "layers":
-            message += f"; the layers are {', '.join(LAYER_NAMES)} (the premium model is `adjudication`)"
-        lines.append(f"  - {key}: {message}")
-    return "\n".join(lines)
+    return format_validation_errors(source, what, error, _layer_hint)
 
 
 def _read_yaml_mapping(path: Path, what: str, keys_hint: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise EstimateFileError(f"{path}: no such {what}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise EstimateFileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise EstimateFileError(f"{path}: expected a mapping with the keys {keys_hint}")
-    return raw
+    return read_yaml_mapping(path, what, keys_hint, EstimateFileError)
 
 
 def parse_mix(raw: dict[str, Any], source: str = "<mix>") -> RoutingMix:
