@@ -7,8 +7,8 @@ import pandas as pd
 from labeling_dagster.assets.common import monthly_asset_args, months_in
 from labeling_dagster.core import routing
 from labeling_dagster.core.calibration import Calibrator, calibrate_tier, reliability_markdown
-from labeling_dagster.core.labels import Item, PriorAnswer, content_hash
-from labeling_dagster.core.quality import golden_answers
+from labeling_dagster.core.labels import Item, PriorAnswer
+from labeling_dagster.core.quality import golden_items
 from labeling_dagster.core.runner import run_tier
 from labeling_dagster.project import Budget, Project
 from labeling_dagster.resources.anthropic_provider import AnthropicProvider
@@ -20,17 +20,10 @@ from labeling_dagster.resources.warehouse import DuckDBCallCache, Warehouse, nai
 
 def golden_sample(project: Project) -> tuple[list[Item], dict[str, str]]:
     """The same golden items every month (the smallest content hashes), so their calls are paid once."""
-    answers = golden_answers(project)
-    texts = _golden_texts(project)
-    chosen = sorted(answers)[: project.quality.golden_sample_size]
-    items = [Item(f"golden-{digest[:16]}", texts[digest], digest) for digest in chosen]
-    return items, {item.item_id: answers[item.content_hash] for item in items}
-
-
-def _golden_texts(project: Project) -> dict[str, str]:
-    golden = project.golden_set
-    frame = pd.read_csv(project.resolve(golden.path), dtype=str, keep_default_na=False)
-    return {content_hash(text.strip()): text.strip() for text in frame[golden.text_column]}
+    golden = golden_items(project)
+    chosen = sorted(golden)[: project.quality.golden_sample_size]
+    items = [Item(f"golden-{digest[:16]}", golden[digest][0], digest) for digest in chosen]
+    return items, {item.item_id: golden[item.content_hash][1] for item in items}
 
 
 def build_golden_set() -> dg.AssetsDefinition:
@@ -43,11 +36,11 @@ def build_golden_set() -> dg.AssetsDefinition:
         if spec.golden_set is None:
             frame = pd.DataFrame()
         else:
-            answers, texts = golden_answers(spec), _golden_texts(spec)
-            sample = set(sorted(answers)[: spec.quality.golden_sample_size])
+            golden = golden_items(spec)
+            sample = set(sorted(golden)[: spec.quality.golden_sample_size])
             frame = pd.DataFrame(
-                [{"item_id": f"golden-{digest[:16]}", "text": texts[digest], "label": label, "content_hash": digest,
-                  "in_golden_sample": digest in sample} for digest, label in answers.items()]
+                [{"item_id": f"golden-{digest[:16]}", "text": text, "label": label, "content_hash": digest,
+                  "in_golden_sample": digest in sample} for digest, (text, label) in golden.items()]
             )
         with warehouse.session() as conn:
             conn.execute("DELETE FROM golden_set")

@@ -13,7 +13,6 @@ import pandas as pd
 from rich.table import Table
 
 from labeling_dagster.cli.common import console, fail, load, months_between
-from labeling_dagster.core.estimate import estimate_tokens
 from labeling_dagster.core.labels import Item, LabelTask, PriorAnswer
 from labeling_dagster.core.prompts import build_prompt, estimated_output_tokens
 from labeling_dagster.core.recommend import GoldenAnswers, Recommendation, evaluate_bands, tier_costs
@@ -58,7 +57,7 @@ def prompt_tokens(project: Project, month: str, warehouse: Path | None) -> pd.Da
         for start in range(0, len(sample), tier.items_per_request):
             batch = sample[start : start + tier.items_per_request]
             prompt = build_prompt(LabelTask(project.taxonomy, tier, batch, {i.item_id: prior.get(i.item_id, []) for i in batch}))
-            inputs += estimate_tokens(prompt.system) + estimate_tokens(prompt.user) + estimate_tokens(json.dumps(prompt.schema))
+            inputs += prompt.input_tokens()
         per_item = inputs / len(sample)
         observed = reported.get(tier.name)
         rows.append({

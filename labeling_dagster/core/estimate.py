@@ -591,10 +591,11 @@ def ground_truth_estimate(
 BYTES_PER_TOKEN = 4
 
 
-def estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str, bytes_per_token: float = BYTES_PER_TOKEN) -> int:
     """Approximate token count of `text`: ceil(UTF-8 bytes / 4). Not a tokenizer; correct it
-    with `corrected_tokens` once the provider has reported real counts for similar prompts."""
-    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN)
+    with `corrected_tokens` once the provider has reported real counts for similar prompts. The rate
+    limiter passes a smaller `bytes_per_token` to lean high (core.prompts)."""
+    return math.ceil(len(text.encode("utf-8")) / bytes_per_token)
 
 
 def observed_ratio(reported_tokens: Iterable[int], estimated_tokens: Iterable[int]) -> float:

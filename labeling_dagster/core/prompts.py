@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from labeling_dagster.core.estimate import BYTES_PER_TOKEN, estimate_tokens
 from labeling_dagster.core.labels import Answer, CallOutcome, LabelTask, Usage
 from labeling_dagster.project import Taxonomy, TierConfig
 
@@ -45,16 +46,21 @@ class Prompt:
     schema: dict[str, Any]
     ids: dict[str, str]  # short id shown to the model -> item_id
 
+    def input_tokens(self, bytes_per_token: float = BYTES_PER_TOKEN) -> int:
+        """The prompt's approximate size (core.estimate.estimate_tokens over system, user and schema)."""
+        return sum(
+            estimate_tokens(part, bytes_per_token) for part in (self.system, self.user, json.dumps(self.schema))
+        )
+
     @property
     def estimated_input_tokens(self) -> int:
-        return estimate_tokens(self.system) + estimate_tokens(self.user) + estimate_tokens(json.dumps(self.schema))
+        """What the rate limiter and the budget guard reserve before sending: BPE tokenizers average
+        about 4 bytes a token on English text and JSON; 3.5 leans high on purpose, since under-counting
+        is what earns 429s."""
+        return self.input_tokens(LIMITER_BYTES_PER_TOKEN)
 
 
-def estimate_tokens(text: str) -> int:
-    """A cheap token estimate used before sending (rate limiting), not for billing. BPE tokenizers
-    average about 4 characters per token on English text and JSON; 3.5 leans high on purpose, since
-    under-counting is what earns 429s."""
-    return math.ceil(len(text) / 3.5)
+LIMITER_BYTES_PER_TOKEN = 3.5
 
 
 def estimated_output_tokens(n_items: int, with_reason: bool) -> int:

@@ -11,8 +11,8 @@ from labeling_dagster.core.metrics import Accuracy
 from labeling_dagster.project import Project
 
 
-def golden_answers(project: Project) -> dict[str, str]:
-    """content hash -> gold label; empty when the project has no golden set."""
+def golden_items(project: Project) -> dict[str, tuple[str, str]]:
+    """content hash -> (text, gold label) of the golden set; empty when the project has none."""
     golden = project.golden_set
     if golden is None:
         return {}
@@ -21,7 +21,15 @@ def golden_answers(project: Project) -> dict[str, str]:
     for column in (golden.text_column, golden.label_column):
         if column not in frame.columns:
             raise ValueError(f"{path}: column {column!r} is missing (golden_set.{column})")
-    return {content_hash(text.strip()): label for text, label in zip(frame[golden.text_column], frame[golden.label_column])}
+    return {
+        content_hash(text.strip()): (text.strip(), label)
+        for text, label in zip(frame[golden.text_column], frame[golden.label_column])
+    }
+
+
+def golden_answers(project: Project) -> dict[str, str]:
+    """content hash -> gold label."""
+    return {digest: label for digest, (_, label) in golden_items(project).items()}
 
 
 def held_out_answers(project: Project) -> dict[str, str]:
