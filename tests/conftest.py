@@ -78,3 +78,13 @@ def write_tiny_project(root: Path, *, extra_yaml: str = "", months: tuple[str, .
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
     return write_tiny_project(tmp_path / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_dagster_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run on a throwaway Dagster instance, whatever DAGSTER_HOME the shell (or `make`) exports.
+
+    The Makefile exports DAGSTER_HOME for `make demo` and `make ui`; tests must neither depend on that
+    folder existing nor fill its run history. The one test of a kept DAGSTER_HOME sets it itself.
+    """
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)

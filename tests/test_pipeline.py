@@ -122,6 +122,19 @@ def test_cli_run_summary_and_errors(tiny_project: Path, warehouse: Path) -> None
     assert invalid.exit_code == 2 and "routing.qa_at" in invalid.output
 
 
+def test_a_kept_dagster_home_that_does_not_exist_yet_is_created_and_records_the_run(
+        tiny_project: Path, warehouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `make demo` on a fresh clone does: DAGSTER_HOME points at a folder nobody has made yet.
+    home = tmp_path / "not-yet" / ".dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    result = CliRunner().invoke(main, ["run", "--project", str(tiny_project), "--month", "2026-08",
+                                       "--warehouse", str(warehouse)])
+    assert result.exit_code == 0, result.output
+    assert home.is_dir()
+    with dg.DagsterInstance.from_config(str(home)) as kept:
+        assert kept.get_runs_count() >= 1
+
+
 def test_definitions_load_the_example() -> None:
     from labeling_dagster.definitions import defs
 

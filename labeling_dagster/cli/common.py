@@ -79,11 +79,17 @@ def first_error(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed; see the Dagster logs above"
 
 
-
-
 def instance() -> dg.DagsterInstance:
-    """The DAGSTER_HOME instance when set, so runs show in the UI's history; else a throwaway one."""
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    """The DAGSTER_HOME instance when set, so runs show in the UI's history; else a throwaway one.
+
+    A DAGSTER_HOME that does not exist yet is created (Dagster itself refuses one), so the first
+    `labeling run` on a fresh machine keeps its history instead of failing.
+    """
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    Path(home).expanduser().mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
 
 
 def execute_month(project_path: str, warehouse: Path, month: str, *, selection: list[str] | None = None,
