@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from labeling_dagster.assets import build_assets
-from labeling_dagster.assets.common import monthly_partitions
+from labeling_dagster.assets.common import WRITER_TAG, monthly_partitions
 from labeling_dagster.project import Project, load_project
 from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
@@ -39,6 +39,18 @@ def check_paid_tiers(project: Project) -> None:
             ).check_ready(tier)
 
 
+def project_executor(project: Project) -> dg.ExecutorDefinition:
+    """In process by default: DuckDB allows one writer, so the steps of a run go one after another.
+    With scale.parallel_shards > 1, Dagster's multiprocess executor runs that many shard steps at once,
+    while the steps that write the warehouse (tagged WRITER_TAG) still run one at a time."""
+    if project.scale.parallel_shards <= 1:
+        return dg.in_process_executor
+    return dg.multiprocess_executor.configured({
+        "max_concurrent": project.scale.parallel_shards,
+        "tag_concurrency_limits": [{"key": WRITER_TAG, "value": "1", "limit": 1}],
+    })
+
+
 def build_definitions(
     project_file: str | Path,
     warehouse: str | Path | None = None,
@@ -52,7 +64,7 @@ def build_definitions(
     journal = str(project.root / ".batches")  # open provider batch jobs, so a crashed run collects them
     job, training = monthly_job(project), label_model_job()
     return dg.Definitions(
-        assets=build_assets(partitions),
+        assets=build_assets(partitions, project.scale),
         jobs=[job, training],
         schedules=[monthly_schedule(job), label_model_schedule(training)],
         sensors=[review_sensor(partitions)],
@@ -68,8 +80,7 @@ def build_definitions(
             ),
             **(resource_overrides or {}),
         },
-        # DuckDB allows one writer: steps of a run go one after another in one process.
-        executor=executor or dg.in_process_executor,
+        executor=executor or project_executor(project),
     )
 
 

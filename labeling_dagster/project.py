@@ -214,6 +214,21 @@ class Quality(_Strict):
     target_accuracy: float = Field(default=0.95, gt=0, le=1, description="what the band recommender aims at")
 
 
+class Scale(_Strict):
+    """How a large month is split: each model tier labels its items in shards (contiguous ranges of the
+    month's items in id order), each in its own step with its own retries, merged into the month's tables."""
+
+    shard_items: int = Field(
+        default=200_000, ge=1,
+        description="items per shard of a model tier; rounded so that shards never split a provider request",
+    )
+    parallel_shards: int = Field(
+        default=1, ge=1, le=64,
+        description="shards labeled at once, each in its own process (Dagster's multiprocess executor); 1: in process",
+    )
+    shard_retries: int = Field(default=2, ge=0, le=10, description="automatic retries of a failed shard step")
+
+
 class Budget(_Strict):
     monthly_usd: float = Field(ge=0)
     on_exceeded: Literal["queue", "fail"] = "queue"
@@ -237,6 +252,7 @@ class Project(_Strict):
         description="a paid tier without options.mode uses its provider's batch API (50% off, slower) when one run "
         "gives it more items than this, e.g. a backfill; None: always online",
     )
+    scale: Scale = Scale()
     warehouse: str = Field(default="warehouse.duckdb", description="DuckDB file, relative to the project folder")
     exports_dir: str = "exports"
 

@@ -106,6 +106,9 @@ class FakeLLMServer:
         self.batch_polls_before_done = batch_polls_before_done
         self.requests: list[Recorded] = []
         self.rate_limited = 0
+        # SIMULATED refusal: a chat request whose user message this returns True for is answered 401,
+        # as a revoked key would be (it stops the step: a way to fail one shard of a month).
+        self.refuse: Callable[[str], bool] | None = None
         self._limits = {
             "requests": _Bucket(rpm, burst_s) if rpm else None,
             "tokens": _Bucket(tpm, burst_s) if tpm else None,
@@ -249,6 +252,8 @@ class FakeLLMServer:
         schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
         labels = _enum_of(schema)
         prompt_tokens = count_tokens(system) + count_tokens(user) + count_tokens(json.dumps(schema))
+        if self.refuse is not None and self.refuse(user):
+            return 401, {"error": {"message": "simulated refusal", "type": "invalid_request_error"}}, {}
         content, logprobs = self._content(user, labels, scripted)
         completion_tokens = count_tokens(content)
         limited = self._limited(prompt_tokens + (body.get("max_completion_tokens") or completion_tokens))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from labeling_dagster.project import Scale
+
 from labeling_dagster.assets import (
     cost_ledger,
     final_labels,
@@ -17,14 +19,14 @@ from labeling_dagster.assets import (
 )
 
 
-def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_assets(partitions: dg.PartitionsDefinition, scale: Scale) -> list[dg.AssetsDefinition]:
     return [
         raw_items.build(partitions),
         golden_labels.build_golden_set(),
         golden_labels.build(partitions),
         label_model.build_label_model(),
         label_model.build_auto_labels(partitions),
-        *tiers.build_all(partitions),  # first_pass_labels, qa_labels, adjudicated_labels
+        *tiers.build_all(partitions, scale),  # first_pass_labels, qa_labels, adjudicated_labels
         review_queue.build(partitions),
         human_reviews.build(partitions),
         final_labels.build(partitions),

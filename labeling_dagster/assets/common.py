@@ -22,6 +22,9 @@ GROUP = "labeling"
 LABEL_TABLES = ["auto_labels", "first_pass_labels", "qa_labels", "adjudicated_labels"]
 MODEL_TIER_TABLES = LABEL_TABLES[1:]  # the tiers that call a provider
 WAREHOUSE_POOL = "warehouse"  # DuckDB allows one writer: every asset that writes it shares this pool
+# The same rule inside one run, for the multiprocess executor (scale.parallel_shards > 1): steps with this
+# tag run one at a time whatever the instance's pool settings; shard steps, which write their own files, don't.
+WRITER_TAG = "labeling/writes_warehouse"
 
 
 def monthly_partitions(project: Project) -> dg.MonthlyPartitionsDefinition:
@@ -35,6 +38,7 @@ def monthly_asset_args(partitions: dg.PartitionsDefinition) -> dict:
         "partitions_def": partitions,
         "backfill_policy": dg.BackfillPolicy.single_run(),
         "pool": WAREHOUSE_POOL,
+        "op_tags": {WRITER_TAG: "1"},
         "group_name": GROUP,
     }
 

@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from labeling_dagster.assets.common import monthly_asset_args, months_in
+from labeling_dagster.assets.common import WRITER_TAG, monthly_asset_args, months_in
 from labeling_dagster.core import routing
 from labeling_dagster.core.calibration import Calibrator, calibrate_tier, reliability_markdown
 from labeling_dagster.core.labels import Item, PriorAnswer
@@ -27,7 +27,7 @@ def golden_sample(project: Project) -> tuple[list[Item], dict[str, str]]:
 
 
 def build_golden_set() -> dg.AssetsDefinition:
-    @dg.asset(group_name="models", pool="warehouse", kinds={"duckdb"})
+    @dg.asset(group_name="models", pool="warehouse", op_tags={WRITER_TAG: "1"}, kinds={"duckdb"})
     def golden_set(project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """The project's human-verified items (golden_set in the project file), one row each: text,
         gold label, content hash, and whether it is in the golden run's sample (the items every tier

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from labeling_dagster.assets.common import items_from, markdown_table, monthly_asset_args, months_in
+from labeling_dagster.assets.common import WRITER_TAG, items_from, markdown_table, monthly_asset_args, months_in
 from labeling_dagster.core.autolabel import AutoLabeler, accept, build_auto_labeler
 from labeling_dagster.project import Project
 from labeling_dagster.resources.project import ProjectResource
@@ -51,7 +51,7 @@ def latest_auto_labeler(conn, project: Project) -> AutoLabeler | None:
 
 
 def build_label_model() -> dg.AssetsDefinition:
-    @dg.asset(group_name=MODEL_GROUP, pool="warehouse", kinds={"scikitlearn", "duckdb"})
+    @dg.asset(group_name=MODEL_GROUP, pool="warehouse", op_tags={WRITER_TAG: "1"}, kinds={"scikitlearn", "duckdb"})
     def label_model(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """The auto-labeler, versioned by its training data and settings: trained (cross-fitted) on every
         human-verified label to date, with the acceptance threshold chosen on held-out human labels so

@@ -6,16 +6,26 @@ import re
 from dataclasses import dataclass, replace
 
 import dagster as dg
+import duckdb
 import pandas as pd
 
-from labeling_dagster.assets.common import MODEL_TIER_TABLES, items_from, markdown_table, monthly_asset_args, months_in
+from labeling_dagster.assets.common import (
+    GROUP,
+    MODEL_TIER_TABLES,
+    WAREHOUSE_POOL,
+    WRITER_TAG,
+    items_from,
+    markdown_table,
+    months_in,
+)
 from labeling_dagster.assets.golden_labels import calibrated, stored_calibrator
 from labeling_dagster.core import routing
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
 from labeling_dagster.core.runner import run_tier
-from labeling_dagster.project import Project, TierConfig
+from labeling_dagster.project import Budget, Project, Scale, TierConfig
 from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
+from labeling_dagster.resources import shards
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import (
@@ -148,100 +158,202 @@ def _route(stage: Stage, spec: Project, item: Item, answer, failure, earlier) ->
     return routing.after_adjudication(spec.routing, answer, failure)
 
 
-def build(partitions: dg.PartitionsDefinition, stage: Stage) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=stage.asset,
-        deps=stage.upstream,
-        description=stage.doc,
-        **monthly_asset_args(partitions),
-        kinds={"duckdb"},
-    )
-    def tier_labels(
-        context: dg.AssetExecutionContext,
-        project: ProjectResource,
-        warehouse: Warehouse,
-        local_model: LocalModelProvider,
-        openai: OpenAIProvider,
-        anthropic: AnthropicProvider,
-    ) -> dg.MaterializeResult:
+def _providers(local_model, openai, anthropic, tier: TierConfig | None) -> dict:
+    providers = {"local": local_model, "openai": openai, "anthropic": anthropic}
+    if tier is not None and tier.provider not in providers:
+        raise dg.Failure(f"tier {tier.name}: provider {tier.provider!r} is not available in this deployment")
+    if tier is not None and tier.provider != "local":
+        providers[tier.provider].check_ready(tier)  # a missing key fails here, before any call
+    return providers
+
+
+def _failure_kind(failure: str) -> str:
+    return re.sub(r"[\d.$']+|\(.*\)", "", failure.split(";")[0]).strip()
+
+
+def _plan(stage: Stage, spec: Project, conn, partition_window: dg.TimeWindow, folder, run_id: str, log) -> list[shards.ShardSpec]:
+    """Clear the window's rows, keep the calls of shard files an unfinished run left, and cut each
+    month's items for this tier into shards; each shard file gets what its shard needs."""
+    tier = spec.tier(stage.role)
+    tier = tier and _with_batch_default(tier, spec, _count_todo(stage, conn, partition_window))
+    clear_window(conn, stage.asset, partition_window)
+    planned: list[shards.ShardSpec] = []
+    for month, window in months_in(partition_window):
+        kept = shards.salvage(conn, folder, stage.asset, month)
+        if kept:
+            log.info(f"{month} {stage.role}: kept {kept} calls an unfinished run's shards had made")
+        todo_sql = _todo_sql(stage, conn, window)
+        bounds = [naive_utc(window.start), naive_utc(window.end)]
+        (total,) = conn.execute(
+            f"SELECT COUNT(*) FROM raw_items WHERE month >= ? AND month < ? {todo_sql}", bounds
+        ).fetchone()
+        if not total:
+            continue
+        if tier is None:
+            raise dg.Failure(f"{month}: {total} items were routed to {stage.role} but the project has no {stage.role} tier")
+        size = shards.shard_size(spec.scale.shard_items, tier.items_per_request)
+        firsts = [row[0] for row in conn.execute(
+            f"""SELECT item_id FROM (
+                    SELECT item_id, row_number() OVER (ORDER BY item_id) - 1 AS position
+                    FROM raw_items WHERE month >= ? AND month < ? {todo_sql})
+                WHERE position % {size} = 0 ORDER BY item_id""", bounds,
+        ).fetchall()]
+        (spent,) = conn.execute("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ?", [bounds[0]]).fetchone()
+        remaining = max(0.0, spec.budget.monthly_usd - float(spent))
+        for index, first in enumerate(firsts):
+            items = min(size, total - index * size)
+            shard = shards.ShardSpec(
+                asset=stage.asset, month=month, start=window.start, end=window.end, index=index, count=len(firsts),
+                path=str(shards.shard_path(folder, stage.asset, month, index, len(firsts))),
+                first_item=first, end_item=firsts[index + 1] if index + 1 < len(firsts) else None, items=items,
+                batch=tier.options.get("mode") == "batch", spent_before=float(spent),
+                # Shards run at once, so each may spend only its share of what the month has left.
+                budget_cap_usd=float(spent) + remaining * items / total, on_exceeded=spec.budget.on_exceeded,
+            )
+            shards.create(conn, shard, todo_sql=todo_sql, earlier_tables=_copied_tables(stage), tier_name=tier.name)
+            planned.append(shard)
+        log.info(f"{month} {stage.role}: {total} items in {len(firsts)} shard(s) of up to {size}")
+    return planned
+
+
+def _copied_tables(stage: Stage) -> list[str]:
+    """The earlier tables a shard reads: routing (auto_labels) and the earlier answers prompts show."""
+    return ["auto_labels", *_earlier_tables(stage)] if stage.role == "first_pass" else _earlier_tables(stage)
+
+
+def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers: dict, run_id: str, log) -> dict:
+    """Label one shard in its own file, storing each call as it returns. A retry starts the shard's
+    rows again; its stored calls are reused, so nothing is paid twice."""
+    tier = spec.tier(stage.role)
+    if shard.batch:
+        tier = tier.model_copy(update={"options": {**tier.options, "mode": "batch"}})
+    budget = Budget(monthly_usd=shard.budget_cap_usd, on_exceeded=shard.on_exceeded)
+    totals = {"items": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0, "budget_stopped": 0}
+    routes: dict[str, int] = {}
+    failure_reasons: dict[str, int] = {}
+    window = shard.window
+    with duckdb.connect(shard.path) as conn:
+        conn.execute(f"DELETE FROM {stage.asset}")
+        (copied_usd,) = conn.execute(
+            "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE call_id IN (SELECT call_id FROM copied_calls)"
+        ).fetchone()
+        price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
+        for todo, prior, earlier in _todo_chunks(stage, conn, window):
+            cache = DuckDBCallCache(conn, window.start, run_id)
+            result = run_tier(
+                providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=todo, cache=cache,
+                price=price, budget=budget, spent_before=shard.spent_before + cache.month_spend() - float(copied_usd),
+                prior=prior,
+                on_progress=lambda done, total: log.debug(f"{shard.month} {tier.name} shard {shard.index + 1}: call {done}/{total}"),
+            )
+            calibrator = stored_calibrator(conn, window, tier.name, result.version)
+            rows = []
+            for item in todo:
+                raw = result.answers.get(item.item_id)
+                # The bands compare calibrated confidence: what the golden run says the raw number is worth.
+                answer = replace(raw, confidence=calibrated(calibrator, raw.confidence)) if raw else None
+                failure = None if answer else result.failures.get(item.item_id, "no answer")
+                if failure:
+                    kind = _failure_kind(failure)
+                    failure_reasons[kind] = failure_reasons.get(kind, 0) + 1
+                route = _route(stage, spec, item, answer, failure, earlier.get(item.item_id, {}))
+                routes[route.next_step] = routes.get(route.next_step, 0) + 1
+                call_id = result.call_of.get(item.item_id)
+                rows.append({
+                    "month": naive_utc(window.start), "item_id": item.item_id, "tier": tier.name,
+                    "provider": tier.provider, "model": tier.model, "prompt_version": result.version,
+                    "label": answer.label if answer else None,
+                    "confidence": answer.confidence if answer else None,
+                    "raw_confidence": raw.confidence if raw else None,
+                    "calibration_version": calibrator.version if calibrator else None,
+                    "reason": answer.reason if answer else None,
+                    "alternatives": json.dumps(answer.alternatives) if answer else None,
+                    "failure": failure, "call_id": call_id, "reused": call_id in result.reused_calls,
+                    "next_step": route.next_step, "route_reason": route.reason,
+                })
+            append(conn, stage.asset, pd.DataFrame(rows))
+            totals["items"] += len(todo)
+            totals["calls_made"] += result.calls_made
+            totals["calls_reused"] += len(result.reused_calls)
+            totals["usd_paid"] += result.usd_paid
+            totals["failures"] += sum(1 for item in todo if item.item_id not in result.answers)
+            totals["budget_stopped"] += result.budget_stopped
+            log.info(f"{shard.month} {stage.role} shard {shard.index + 1}/{shard.count}: {totals['items']}/{shard.items} "
+                     f"items, {result.calls_made} calls made, {len(result.reused_calls)} reused, ${result.usd_paid:.4f} paid")
+    stats = providers[tier.provider].stats(tier.name).__dict__ if tier.provider != "local" else {}
+    return {"shard": shard, **totals, "routes": routes, "failure_reasons": failure_reasons, "stats": stats}
+
+
+def _summed(results: list[dict], key: str) -> dict:
+    out: dict = {}
+    for result in results:
+        for name, value in result[key].items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def build(partitions: dg.PartitionsDefinition, stage: Stage, scale: Scale) -> dg.AssetsDefinition:
+    """The tier as a graph of three steps: plan (cut the month into shards), shard (one step per shard,
+    retried on its own, run at once by a multiprocess, celery or Kubernetes executor), collect (merge)."""
+    ins = {name: dg.In(dg.Nothing) for name in stage.upstream}
+
+    @dg.op(name=f"{stage.asset}_plan", ins=ins, out=dg.DynamicOut(shards.ShardSpec), pool=WAREHOUSE_POOL,
+           tags={WRITER_TAG: "1"})
+    def plan(context: dg.OpExecutionContext, project: ProjectResource, warehouse: Warehouse, local_model: LocalModelProvider,
+             openai: OpenAIProvider, anthropic: AnthropicProvider):
+        spec = project.load()
+        _providers(local_model, openai, anthropic, spec.tier(stage.role))
+        with warehouse.session() as conn:
+            planned = _plan(stage, spec, conn, context.partition_time_window, warehouse.shard_folder(),
+                            context.run.run_id, context.log)
+        for shard in planned:
+            yield dg.DynamicOutput(shard, mapping_key=shard.mapping_key)
+
+    @dg.op(name=f"{stage.asset}_shard", retry_policy=dg.RetryPolicy(max_retries=scale.shard_retries, delay=2,
+                                                                      backoff=dg.Backoff.EXPONENTIAL))
+    def label_shard(context: dg.OpExecutionContext, shard: shards.ShardSpec, project: ProjectResource,
+                    local_model: LocalModelProvider, openai: OpenAIProvider, anthropic: AnthropicProvider) -> dict:
+        spec = project.load()
+        providers = _providers(local_model, openai, anthropic, spec.tier(stage.role))
+        return _label_shard(stage, spec, shard, providers, context.run.run_id, context.log)
+
+    @dg.op(name=f"{stage.asset}_collect", out=dg.Out(dg.Nothing), pool=WAREHOUSE_POOL, tags={WRITER_TAG: "1"})
+    def collect(context: dg.OpExecutionContext, results: list[dict], project: ProjectResource, warehouse: Warehouse):
         spec = project.load()
         tier = spec.tier(stage.role)
-        providers = {"local": local_model, "openai": openai, "anthropic": anthropic}
-        if tier is not None and tier.provider not in providers:
-            raise dg.Failure(f"tier {tier.name}: provider {tier.provider!r} is not available in this deployment")
-        if tier is not None and tier.provider != "local":
-            providers[tier.provider].check_ready(tier)  # a missing key fails here, before any call
-        failure_reasons: dict[str, int] = {}
-        routes: dict[str, int] = {}
-        totals = {"items": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0, "budget_stopped": 0}
         with warehouse.session() as conn:
-            clear_window(conn, stage.asset, context.partition_time_window)
-            tier = tier and _with_batch_default(tier, spec, _count_todo(stage, conn, context.partition_time_window))
-            for month, window in months_in(context.partition_time_window):
-                for todo, prior, earlier in _todo_chunks(stage, conn, window):
-                    if tier is None:
-                        if todo:
-                            raise dg.Failure(f"{len(todo)} items were routed to {stage.role} but the project has no {stage.role} tier")
-                        continue
-                    cache = DuckDBCallCache(conn, window.start, context.run.run_id)
-                    price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
-                    result = run_tier(
-                        providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=todo, cache=cache,
-                        price=price, budget=spec.budget, spent_before=cache.month_spend(), prior=prior,
-                        on_progress=lambda done, total: context.log.debug(f"{month} {tier.name}: call {done}/{total}"),
-                    )
-                    calibrator = stored_calibrator(conn, window, tier.name, result.version)
-                    rows = []
-                    for item in todo:
-                        raw = result.answers.get(item.item_id)
-                        # The bands compare calibrated confidence: what the golden run says the raw number is worth.
-                        answer = replace(raw, confidence=calibrated(calibrator, raw.confidence)) if raw else None
-                        failure = None if answer else result.failures.get(item.item_id, "no answer")
-                        if failure:
-                            kind = re.sub(r"[\d.$']+|\(.*\)", "", failure.split(";")[0]).strip()
-                            failure_reasons[kind] = failure_reasons.get(kind, 0) + 1
-                        route = _route(stage, spec, item, answer, failure, earlier.get(item.item_id, {}))
-                        routes[route.next_step] = routes.get(route.next_step, 0) + 1
-                        call_id = result.call_of.get(item.item_id)
-                        rows.append({
-                            "month": naive_utc(window.start), "item_id": item.item_id, "tier": tier.name,
-                            "provider": tier.provider, "model": tier.model, "prompt_version": result.version,
-                            "label": answer.label if answer else None,
-                            "confidence": answer.confidence if answer else None,
-                            "raw_confidence": raw.confidence if raw else None,
-                            "calibration_version": calibrator.version if calibrator else None,
-                            "reason": answer.reason if answer else None,
-                            "alternatives": json.dumps(answer.alternatives) if answer else None,
-                            "failure": failure, "call_id": call_id, "reused": call_id in result.reused_calls,
-                            "next_step": route.next_step, "route_reason": route.reason,
-                        })
-                    append(conn, stage.asset, pd.DataFrame(rows))
-                    totals["items"] += len(todo)
-                    totals["calls_made"] += result.calls_made
-                    totals["calls_reused"] += len(result.reused_calls)
-                    totals["usd_paid"] += result.usd_paid
-                    totals["failures"] += sum(1 for item in todo if item.item_id not in result.answers)
-                    totals["budget_stopped"] += result.budget_stopped
-                    context.log.info(f"{month} {stage.role}: {totals['items']} items so far, {result.calls_made} "
-                                     f"calls made, {len(result.reused_calls)} reused, ${result.usd_paid:.4f} paid")
-        routes_table = pd.DataFrame({"next_step": list(routes), "items": list(routes.values())})
-        stats = providers[tier.provider].stats(tier.name).__dict__ if tier and tier.provider != "local" else {}
-        return dg.MaterializeResult(
-            metadata={
-                "tier": tier.name if tier else "(none configured)",
-                "model": f"{tier.provider}/{tier.model}" if tier else "",
-                **totals,
-                "usd_paid": dg.MetadataValue.float(round(totals["usd_paid"], 6)),
-                "next_steps": markdown_table(routes_table),
-                "failures_by_reason": dg.MetadataValue.md(
-                    "\n".join(f"- {reason}: {count}" for reason, count in sorted(failure_reasons.items())) or "_none_"
-                ),
-                **{f"provider_{name}": value for name, value in stats.items()},
-            }
-        )
+            for result in sorted(results, key=lambda result: (result["shard"].month, result["shard"].index)):
+                shards.collect(conn, result["shard"])
+        context.add_output_metadata(_metadata(tier, results))
+
+    @dg.graph_asset(name=stage.asset, description=stage.doc, ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in stage.upstream},
+                    partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+                    kinds={"duckdb"})
+    def tier_labels(**upstream):
+        return collect(plan(**upstream).map(label_shard).collect())
 
     return tier_labels
 
 
-def build_all(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    return [build(partitions, stage) for stage in STAGES]
+def _metadata(tier: TierConfig | None, results: list[dict]) -> dict:
+    totals = {name: sum((result[name] for result in results), 0.0 if name == "usd_paid" else 0)
+              for name in ("items", "calls_made", "calls_reused", "usd_paid", "failures", "budget_stopped")}
+    routes = _summed(results, "routes")
+    routes_table = pd.DataFrame({"next_step": list(routes), "items": list(routes.values())})
+    failure_reasons = _summed(results, "failure_reasons")
+    return {
+        "tier": tier.name if tier else "(none configured)",
+        "model": f"{tier.provider}/{tier.model}" if tier else "",
+        **totals,
+        "shards": len(results),
+        "usd_paid": dg.MetadataValue.float(round(totals["usd_paid"], 6)),
+        "next_steps": markdown_table(routes_table),
+        "failures_by_reason": dg.MetadataValue.md(
+            "\n".join(f"- {reason}: {count}" for reason, count in sorted(failure_reasons.items())) or "_none_"
+        ),
+        **{f"provider_{name}": value for name, value in _summed(results, "stats").items()},
+    }
+
+
+def build_all(partitions: dg.PartitionsDefinition, scale: Scale) -> list[dg.AssetsDefinition]:
+    return [build(partitions, stage, scale) for stage in STAGES]

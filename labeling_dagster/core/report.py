@@ -118,5 +118,6 @@ def build_report(
             rows.append({"section": label, "tier": "", "name": "expected_accuracy", "value": outcome.expected_accuracy,
                          "detail": json.dumps(outcome.as_json(), default=str)})
         note = recommendation.reason
+    confusion = [frame for frame in confusion if len(frame)]  # a tier with no golden answer adds no cell
     return QualityReport(rows, accuracy, pd.concat(confusion, ignore_index=True) if confusion else pd.DataFrame(),
                          agreement, recommendation, note)

@@ -39,6 +39,7 @@ class CallRecord:
     item_count: int
     outcome: CallOutcome
     usd: float
+    first_item: str | None = None  # the request's first item id: a shard finds the calls of its item range by it
 
 
 class CallCache(Protocol):
@@ -133,7 +134,8 @@ def run_tier(
                     batch=outcome.batch,
                 )
             cache.put(
-                CallRecord(key, tier.name, provider.provider_name, tier.model, result.version, len(task.items), outcome, usd)
+                CallRecord(key, tier.name, provider.provider_name, tier.model, result.version, len(task.items), outcome, usd,
+                           first_item=task.items[0].item_id)
             )
             spent += usd
             result.usd_paid += usd

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -60,8 +61,12 @@ TABLES = {
     "model_calls": """call_id VARCHAR PRIMARY KEY, month TIMESTAMP, tier VARCHAR, provider VARCHAR, model VARCHAR,
         prompt_version VARCHAR, item_count INTEGER, input_tokens BIGINT, cached_input_tokens BIGINT,
         cache_write_tokens BIGINT, output_tokens BIGINT, usd DOUBLE, latency_s DOUBLE, compute_s DOUBLE,
-        batch BOOLEAN, status VARCHAR, error VARCHAR, run_id VARCHAR, created_at TIMESTAMP, response VARCHAR""",
+        batch BOOLEAN, status VARCHAR, error VARCHAR, run_id VARCHAR, created_at TIMESTAMP, response VARCHAR,
+        first_item VARCHAR""",
 }
+
+
+CALL_COLUMNS = ", ".join(column.split()[0] for column in TABLES["model_calls"].split(","))
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -75,10 +80,20 @@ class Warehouse(DuckDBResource):
     @contextmanager
     def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self.get_connection() as conn:
-            for table, columns in TABLES.items():
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-                _add_new_columns(conn, table, columns)
+            ensure_tables(conn)
             yield conn
+
+    def shard_folder(self) -> Path:
+        """Where a tier's shard files live between its plan and collect steps (resources/shards.py)."""
+        from labeling_dagster.resources.shards import shard_dir
+
+        return shard_dir(self.database)
+
+
+def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    for table, columns in TABLES.items():
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        _add_new_columns(conn, table, columns)
 
 
 def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: str) -> None:
@@ -185,13 +200,13 @@ class DuckDBCallCache:
         outcome, usage = record.outcome, record.outcome.usage
         self.conn.execute("DELETE FROM model_calls WHERE call_id = ?", [record.call_id])
         self.conn.execute(
-            "INSERT INTO model_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO model_calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 record.call_id, self.month, record.tier, record.provider, record.model, record.version,
                 record.item_count, usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
                 usage.output_tokens, record.usd, outcome.latency_s, outcome.compute_s, outcome.batch,
                 outcome.status, outcome.error, self.run_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                outcome.to_json(),
+                outcome.to_json(), record.first_item,
             ],
         )
 

@@ -1,0 +1,194 @@
+"""Shard files: how a model tier labels one month in several independent steps.
+
+DuckDB takes one writer at a time, so a shard does not write the warehouse. The plan step copies
+what a shard needs (its items, their earlier answers, the month's calibrations and the stored calls
+of its item range) into a DuckDB file of its own; the shard step labels there, storing each call as
+it returns; the collect step merges every shard file into the warehouse and deletes it. Shard steps
+can then run at once, in several processes or on several machines that share the folder, and a
+failed shard is retried from its own file without paying again for the calls it already made.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from labeling_dagster.resources.warehouse import CHUNK_ROWS, TABLES, ensure_tables, naive_utc
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard of one tier in one month: the items from `first_item` up to (not including) `end_item`
+    (None: to the end of the month), in item id order, as the month's todo list sorts them."""
+
+    asset: str
+    month: str
+    start: datetime
+    end: datetime
+    index: int
+    count: int
+    path: str
+    first_item: str
+    end_item: str | None
+    items: int
+    batch: bool  # the plan step's decision: this run is large enough for the provider's batch API
+    spent_before: float  # the month's spend when the shards were planned
+    budget_cap_usd: float  # the month's spend this shard may bring it to: its share of what remained
+    on_exceeded: str
+
+    @property
+    def window(self) -> dg.TimeWindow:
+        return dg.TimeWindow(self.start, self.end)
+
+    @property
+    def mapping_key(self) -> str:
+        return f"m{self.month.replace('-', '_')}_s{self.index + 1:04d}"
+
+    def in_range(self, column: str = "item_id") -> str:
+        """SQL: the shard's item range (ids are compared as strings, as the month's order sorts them)."""
+        end = "" if self.end_item is None else f" AND {column} < {_quote(self.end_item)}"
+        return f"{column} >= {_quote(self.first_item)}{end}"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def shard_size(shard_items: int, items_per_request: int) -> int:
+    """Items per shard, rounded up so a shard boundary never splits a provider request: the requests of
+    a sharded month are those of the same month in one piece, so either one's stored calls serve the other.
+    Shards of at least a page are whole pages (the runner groups requests a page at a time)."""
+    step = CHUNK_ROWS if shard_items >= CHUNK_ROWS else items_per_request
+    return max(step, math.ceil(shard_items / step) * step)
+
+
+def shard_dir(database: str) -> Path:
+    path = Path(database).expanduser().resolve()
+    return path.parent / f"{path.name}.shards"
+
+
+def shard_path(folder: Path, asset: str, month: str, index: int, count: int) -> Path:
+    return folder / f"{asset}-{month}-{index + 1:04d}of{count:04d}.duckdb"
+
+
+def leftover_files(folder: Path, asset: str, month: str) -> list[Path]:
+    pattern = re.compile(rf"{re.escape(asset)}-{re.escape(month)}-\d{{4}}of\d{{4}}\.duckdb")
+    return sorted(path for path in folder.glob(f"{asset}-{month}-*.duckdb") if pattern.fullmatch(path.name))
+
+
+def remove(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+
+
+def _attach(conn: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool) -> None:
+    try:
+        conn.execute(f"ATTACH {_quote(str(path))} AS shard{' (READ_ONLY)' if read_only else ''}")
+    except duckdb.Error as exc:
+        raise dg.Failure(
+            f"shard file {path} cannot be opened ({exc}). It holds model calls a shard made; if it is "
+            "damaged, move it out of the folder and run the month again (its calls will be made again)."
+        ) from exc
+
+
+def _merge_attached_calls(conn: duckdb.DuckDBPyConnection) -> int:
+    """Copy the calls the attached shard made (not those the plan copied into it) into the call cache."""
+    columns = ", ".join(column.split()[0] for column in TABLES["model_calls"].split(","))
+    new = "FROM shard.model_calls WHERE call_id NOT IN (SELECT call_id FROM shard.copied_calls)"
+    (count,) = conn.execute(f"SELECT COUNT(*) {new}").fetchone()
+    conn.execute(f"DELETE FROM model_calls WHERE call_id IN (SELECT call_id {new})")
+    conn.execute(f"INSERT INTO model_calls ({columns}) SELECT {columns} {new}")
+    return int(count)
+
+
+def _in_transaction(conn: duckdb.DuckDBPyConnection, work):
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        result = work()
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def salvage(conn: duckdb.DuckDBPyConnection, folder: Path, asset: str, month: str) -> int:
+    """Keep the calls of shard files an earlier, unfinished run left behind, then delete the files.
+    Returns the number of calls kept: they are served from the call cache, never paid again."""
+    kept = 0
+    for path in leftover_files(folder, asset, month):
+        _attach(conn, path, read_only=True)
+        try:
+            kept += _in_transaction(conn, lambda: _merge_attached_calls(conn))
+        finally:
+            conn.execute("DETACH shard")
+        remove(path)
+    return kept
+
+
+def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, earlier_tables: list[str],
+           tier_name: str) -> None:
+    """Write the shard file: the shard's items, their earlier answers, the month's calibrations, and the
+    stored calls whose first item falls in the shard's range (those the shard may reuse)."""
+    path = Path(spec.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove(path)
+    with duckdb.connect(str(path)) as shard:
+        ensure_tables(shard)
+        shard.execute("CREATE TABLE copied_calls (call_id VARCHAR)")
+    window = [naive_utc(spec.start), naive_utc(spec.end)]
+    _attach(conn, path, read_only=False)
+    try:
+        conn.execute(
+            f"INSERT INTO shard.raw_items SELECT * FROM raw_items WHERE month >= ? AND month < ? AND {spec.in_range()} "
+            f"{todo_sql}", window,
+        )
+        for table in earlier_tables:
+            conn.execute(
+                f"INSERT INTO shard.{table} BY NAME SELECT * FROM {table} WHERE month >= ? AND month < ? "
+                f"AND {spec.in_range()} AND item_id IN (SELECT item_id FROM shard.raw_items)", window,
+            )
+        conn.execute("INSERT INTO shard.calibrations BY NAME SELECT * FROM calibrations WHERE month >= ? AND month < ?",
+                     window)
+        # Calls stored before first_item was recorded have none: every shard may reuse them.
+        conn.execute(
+            "INSERT INTO shard.model_calls BY NAME SELECT * FROM model_calls WHERE month = ? AND tier = ? "
+            f"AND status IN ('ok', 'partial') AND ({spec.in_range('first_item')} OR first_item IS NULL)",
+            [window[0], tier_name],
+        )
+        conn.execute("INSERT INTO shard.copied_calls SELECT call_id FROM shard.model_calls")
+    finally:
+        conn.execute("DETACH shard")
+
+
+def collect(conn: duckdb.DuckDBPyConnection, spec: ShardSpec) -> int:
+    """Merge a finished shard into the warehouse (its rows of the tier table and the calls it made), in
+    one transaction, then delete its file. Returns the rows merged."""
+    path = Path(spec.path)
+    if not path.exists():
+        raise dg.Failure(
+            f"shard file {path} is missing: the shard step ran on a machine that does not share this folder, "
+            "or another run collected it. Run the month again; stored calls are reused."
+        )
+    window = [naive_utc(spec.start), naive_utc(spec.end)]
+
+    def merge() -> int:
+        conn.execute(f"DELETE FROM {spec.asset} WHERE month >= ? AND month < ? AND {spec.in_range()}", window)
+        (rows,) = conn.execute(f"SELECT COUNT(*) FROM shard.{spec.asset}").fetchone()
+        conn.execute(f"INSERT INTO {spec.asset} BY NAME SELECT * FROM shard.{spec.asset}")
+        _merge_attached_calls(conn)
+        return int(rows)
+
+    _attach(conn, path, read_only=True)
+    try:
+        rows = _in_transaction(conn, merge)
+    finally:
+        conn.execute("DETACH shard")
+    remove(path)
+    return rows

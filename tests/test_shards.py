@@ -1,0 +1,159 @@
+"""A month's model tiers in shards: the same tables as in one piece, the same calls (so either run's
+stored calls serve the other), per-shard retries, and a failed shard that is resumed without paying
+again. Paid tiers run against the SIMULATED server of tests/fake_llm_server.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_llm_server import FakeLLMServer  # noqa: E402
+
+from labeling_dagster.resources.shards import ShardSpec, shard_dir, shard_size  # noqa: E402
+from tests.test_llm_pipeline import LOCAL_TIERS, paid_tiers  # noqa: E402
+from tests.test_pipeline import run_month, table  # noqa: E402
+
+TIER_TABLES = ["first_pass_labels", "qa_labels", "adjudicated_labels"]
+
+
+def with_scale(project: Path, scale: str) -> None:
+    yaml = project / "project.yaml"
+    yaml.write_text(yaml.read_text() + f"scale: {scale}\n")
+
+
+def tier_rows(warehouse: Path) -> dict[str, list[tuple]]:
+    rows = {name: table(warehouse, f"SELECT * EXCLUDE (reused) FROM {name} ORDER BY item_id") for name in TIER_TABLES}
+    rows["final_labels"] = table(warehouse, "SELECT * FROM final_labels ORDER BY item_id")
+    return rows
+
+
+def shard_counts(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+    counts = {}
+    for event in result.get_asset_materialization_events():
+        key = event.asset_key.to_user_string()
+        if key in TIER_TABLES:
+            counts[key] = event.materialization.metadata["shards"].value
+    return counts
+
+
+def test_shard_size_never_splits_a_request() -> None:
+    assert shard_size(7, 5) == 10 and shard_size(10, 5) == 10 and shard_size(1, 20) == 20
+    assert shard_size(120_000, 20) == 150_000  # whole pages of 50,000 once a shard is a page or more
+
+
+def test_a_sharded_month_equals_the_month_in_one_piece(tiny_project: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole.duckdb"
+    result = run_month(tiny_project, whole)
+    assert result.success and set(shard_counts(result).values()) <= {0, 1}
+
+    with_scale(tiny_project, "{shard_items: 5}")
+    sharded = tmp_path / "sharded.duckdb"
+    result = run_month(tiny_project, sharded)
+    assert result.success
+    assert shard_counts(result)["first_pass_labels"] == 3  # 13 items, 5 a shard
+    assert tier_rows(sharded) == tier_rows(whole)
+    # The same requests: the stored calls of one run are the calls of the other.
+    calls = "SELECT call_id, item_count FROM model_calls ORDER BY call_id"
+    assert table(sharded, calls) == table(whole, calls)
+    assert not list(shard_dir(str(sharded)).glob("*.duckdb")), "collected shard files are deleted"
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer(confidence=0.5) as fake:
+        yield fake
+
+
+@pytest.fixture
+def paid_project(tiny_project: Path, server: FakeLLMServer, monkeypatch) -> Path:
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "test-key-for-the-simulated-server")
+    yaml = tiny_project / "project.yaml"
+    # One call at a time, so which request fails is the same on every run.
+    tiers = paid_tiers(server).replace("max_concurrency: 2", "max_concurrency: 1")
+    yaml.write_text(yaml.read_text().replace(LOCAL_TIERS, tiers).replace("qa_accept_at: 0.4", "qa_accept_at: 0.95"))
+    return tiny_project
+
+
+def first_pass_requests(server: FakeLLMServer) -> int:
+    return sum(1 for request in server.calls("/v1/chat/completions") if request.body["model"] == "gpt-5-nano")
+
+
+def refuse_card_lost(user: str) -> bool:
+    # The month's card_lost items are the third shard of the first pass (4 items a shard, in id order).
+    return "I lost my card 2026-08" in user
+
+
+def test_a_failed_shard_is_resumed_without_paying_again(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    with_scale(paid_project, "{shard_items: 4, shard_retries: 0}")
+    clean = tmp_path / "clean.duckdb"
+    assert run_month(paid_project, clean).success
+    clean_requests = first_pass_requests(server)
+    clean_usd = table(clean, "SELECT SUM(usd) FROM cost_ledger")[0][0]
+
+    server.requests.clear()
+    server.refuse = refuse_card_lost
+    warehouse = tmp_path / "w.duckdb"
+    failed = run_month(paid_project, warehouse, raise_on_error=False)
+    assert not failed.success
+    assert any("simulated refusal" in str(event.event_specific_data.error)
+               for event in failed.all_events if event.is_step_failure)
+    left = sorted(path.name for path in shard_dir(str(warehouse)).glob("*.duckdb"))
+    assert left and all(name.startswith("first_pass_labels-2026-08-") for name in left)
+
+    server.refuse = None
+    assert run_month(paid_project, warehouse).success
+    # Over both runs the first pass sent its requests once, plus the one refused (unbilled) request:
+    # the calls the other shards made before the failure were kept and reused.
+    assert first_pass_requests(server) == clean_requests + 1
+    assert table(warehouse, "SELECT SUM(usd) FROM cost_ledger")[0][0] == pytest.approx(clean_usd)
+    assert tier_rows(warehouse) == tier_rows(clean)
+    assert not list(shard_dir(str(warehouse)).glob("*.duckdb"))
+
+
+def test_a_shard_that_fails_once_is_retried_on_its_own(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    with_scale(paid_project, "{shard_items: 4, shard_retries: 1}")
+    clean = tmp_path / "clean.duckdb"
+    assert run_month(paid_project, clean).success
+    clean_requests = first_pass_requests(server)
+
+    server.requests.clear()
+    refused: list[str] = []
+
+    def refuse_once(user: str) -> bool:
+        if refuse_card_lost(user) and not refused:
+            refused.append(user)
+            return True
+        return False
+
+    server.refuse = refuse_once
+    warehouse = tmp_path / "w.duckdb"
+    result = run_month(paid_project, warehouse)
+    assert result.success and refused
+    retried = [event.step_key for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert retried == ["first_pass_labels.first_pass_labels_shard[m2026_08_s0003]"]
+    assert first_pass_requests(server) == clean_requests + 1
+    assert tier_rows(warehouse) == tier_rows(clean)
+
+
+def test_a_month_of_shards_shares_the_budget(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    # Shards may run at once, so each gets its share of what the month has left: together they never pass it.
+    yaml = paid_project / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("monthly_usd: 5", "monthly_usd: 0.0004"))
+    with_scale(paid_project, "{shard_items: 4}")
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(paid_project, warehouse).success
+    spent = table(warehouse, "SELECT COALESCE(SUM(usd), 0) FROM model_calls")[0][0]
+    assert 0 < spent <= 0.0004
+    stopped = table(warehouse, "SELECT COUNT(*) FROM first_pass_labels WHERE failure LIKE 'budget reached%'")[0][0]
+    assert stopped > 0
+
+
+def test_shard_ranges_quote_item_ids() -> None:
+    spec = ShardSpec("first_pass_labels", "2026-08", None, None, 0, 2, "x", "o'brien", "p", 3, False, 0.0, 1.0, "queue")
+    assert spec.in_range() == "item_id >= 'o''brien' AND item_id < 'p'"
+    assert spec.mapping_key == "m2026_08_s0001"
