@@ -4,6 +4,7 @@ again. Paid tiers run against the SIMULATED server of tests/fake_llm_server.py."
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -157,3 +158,24 @@ def test_shard_ranges_quote_item_ids() -> None:
     spec = ShardSpec("first_pass_labels", "2026-08", None, None, 0, 2, "x", "o'brien", "p", 3, False, 0.0, 1.0, "queue")
     assert spec.in_range() == "item_id >= 'o''brien' AND item_id < 'p'"
     assert spec.mapping_key == "m2026_08_s0001"
+
+
+def test_parallel_shards_run_in_their_own_processes(tiny_project: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from labeling_dagster.cli.common import execute_month
+
+    whole = tmp_path / "whole.duckdb"
+    assert run_month(tiny_project, whole).success
+    parallel = tmp_path / "parallel.duckdb"
+    shutil.copy(whole, parallel)
+    # Only the first pass again, in shards, two at a time in step processes (Dagster's multiprocess executor).
+    with_scale(tiny_project, "{shard_items: 5, parallel_shards: 2}")
+    result = execute_month(str(tiny_project / "project.yaml"), parallel, "2026-08", selection=["first_pass_labels"])
+    assert result.success
+    shard_pids = {event.pid for event in result.all_events
+                  if event.step_key and "_shard[" in event.step_key and event.event_type == dg.DagsterEventType.STEP_START}
+    assert len(shard_pids) == 3 and os.getpid() not in shard_pids  # three shards, each in a process of its own
+    first_pass = "SELECT * EXCLUDE (reused) FROM first_pass_labels ORDER BY item_id"
+    assert table(parallel, first_pass) == table(whole, first_pass)
+    assert table(parallel, "SELECT COUNT(*) FROM model_calls") == table(whole, "SELECT COUNT(*) FROM model_calls")

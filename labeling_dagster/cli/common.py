@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.execution.execution_result import ExecutionResult  # the base of both run results; not exported
 import duckdb
 from rich.console import Console
 from rich.table import Table
@@ -72,7 +73,7 @@ def print_summary(project: Project, warehouse: Path, months: list[str], console:
     console.print(table)
 
 
-def first_error(result: dg.ExecuteInProcessResult) -> str:
+def first_error(result: ExecutionResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             return f"{event.step_key}: {event.step_failure_data.error.message.strip()}"
@@ -92,20 +93,43 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def execute_month(project_path: str, warehouse: Path, month: str, *, selection: list[str] | None = None,
-                  verbose: bool = False, on_instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
-    """One month of the monthly job (or of `selection`, asset names), in process."""
+def monthly_job_of(project_path: str, warehouse: str) -> dg.JobDefinition:
+    """The monthly job of a project; module-level, so a multiprocess run can rebuild it in each step process."""
     from labeling_dagster.definitions import build_definitions
     from labeling_dagster.schedules import MONTHLY_JOB
 
-    job = build_definitions(project_path, warehouse).resolve_job_def(MONTHLY_JOB)
-    return job.execute_in_process(
+    return build_definitions(project_path, warehouse).resolve_job_def(MONTHLY_JOB)
+
+
+def execute_month(project_path: str, warehouse: Path, month: str, *, selection: list[str] | None = None,
+                  verbose: bool = False, on_instance: dg.DagsterInstance | None = None) -> ExecutionResult:
+    """One month of the monthly job (or of `selection`, asset names). In process; with
+    scale.parallel_shards > 1, each step in its own process, that many shard steps at once."""
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
+    assets = [dg.AssetKey(name) for name in selection] if selection else None
+    if load_project(project_path).scale.parallel_shards > 1:
+        return _execute_in_processes(project_path, warehouse, month, run_config, assets, on_instance or instance())
+    return monthly_job_of(project_path, str(warehouse)).execute_in_process(
         partition_key=f"{month}-01",
         instance=on_instance or instance(),
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}},
-        asset_selection=[dg.AssetKey(name) for name in selection] if selection else None,
+        run_config=run_config,
+        asset_selection=assets,
     )
+
+
+def _execute_in_processes(project_path: str, warehouse: Path, month: str, run_config: dict,
+                          assets: list[dg.AssetKey] | None, on_instance: dg.DagsterInstance) -> ExecutionResult:
+    # Step processes share run storage and the outputs the shard steps pass on: a throwaway instance
+    # in memory cannot hold them, so one in a temporary folder stands in when DAGSTER_HOME is not set.
+    if on_instance.is_ephemeral:
+        on_instance = dg.DagsterInstance.local_temp()
+    job = dg.build_reconstructable_job(
+        "labeling_dagster.cli.common", "monthly_job_of", reconstructable_args=(str(project_path), str(warehouse))
+    )
+    with dg.execute_job(job, instance=on_instance, run_config=run_config, tags={"dagster/partition": f"{month}-01"},
+                        asset_selection=assets, raise_on_error=False) as result:
+        return result
 
 
 def train_label_model(project_path: str, warehouse: Path, *, verbose: bool = False,
@@ -122,7 +146,7 @@ def train_label_model(project_path: str, warehouse: Path, *, verbose: bool = Fal
     )
 
 
-def run_problem(month: str, result: dg.ExecuteInProcessResult) -> str | None:
+def run_problem(month: str, result: ExecutionResult) -> str | None:
     """Why a month's run did not succeed (a failed step or a failed blocking check), or None."""
     if not result.success:
         return f"{month}: {first_error(result)}"
