@@ -30,39 +30,57 @@ def ledger_specs(asset: str) -> list[dg.AssetCheckSpec]:
     ]
 
 
-def terminal_state(raw: pd.DataFrame, final: pd.DataFrame, rejected: int) -> dg.AssetCheckResult:
-    counts = final["item_id"].value_counts() if len(final) else pd.Series(dtype=int)
-    raw_ids = set(raw["item_id"]) if len(raw) else set()
-    missing = sorted(raw_ids - set(counts.index))
-    doubled = sorted(counts[counts > 1].index)
-    unknown = sorted(set(counts.index) - raw_ids)
-    bad_state = final[~final["status"].isin(["labeled", "pending_human"])] if len(final) else final
-    passed = not (missing or doubled or unknown or len(bad_state))
+def terminal_state(conn, window: dg.TimeWindow, rejected: int) -> dg.AssetCheckResult:
+    """Checked on the stored table (in SQL, so a month of any size fits): raw items without a final row,
+    with several, final rows of no raw item, and rows neither labeled nor pending people."""
+    from labeling_dagster.resources.warehouse import naive_utc
+
+    params = {"start": naive_utc(window.start), "end": naive_utc(window.end)}
+    raw = "(SELECT item_id FROM raw_items WHERE month >= $start AND month < $end)"
+    final = "(SELECT item_id, status FROM final_labels WHERE month >= $start AND month < $end)"
+
+    def ids(sql: str) -> tuple[int, list[str]]:
+        count = conn.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0]
+        return count, [row[0] for row in conn.execute(f"SELECT * FROM ({sql}) ORDER BY 1 LIMIT 5", params).fetchall()]
+
+    missing = ids(f"SELECT r.item_id FROM {raw} r ANTI JOIN {final} f USING (item_id)")
+    doubled = ids(f"SELECT item_id FROM {final} GROUP BY item_id HAVING COUNT(*) > 1")
+    unknown = ids(f"SELECT f.item_id FROM {final} f ANTI JOIN {raw} r USING (item_id)")
+    bad_state = ids(f"SELECT item_id FROM {final} WHERE status IS NULL OR status NOT IN ('labeled', 'pending_human')")
+    (raw_items,) = conn.execute(f"SELECT COUNT(DISTINCT item_id) FROM {raw}", params).fetchone()
+    states = dict(conn.execute(f"SELECT status, COUNT(*) FROM {final} GROUP BY ALL", params).fetchall())
+    problems = [missing, doubled, unknown, bad_state]
     return dg.AssetCheckResult(
         check_name=TERMINAL,
-        passed=passed,
+        passed=not any(count for count, _ in problems),
         metadata={
-            "raw_items": len(raw_ids),
-            "labeled": int((final["status"] == "labeled").sum()) if len(final) else 0,
-            "pending_human": int((final["status"] == "pending_human").sum()) if len(final) else 0,
+            "raw_items": raw_items,
+            "labeled": states.get("labeled", 0),
+            "pending_human": states.get("pending_human", 0),
             "rejected": rejected,
-            "missing": len(missing),
-            "doubled": len(doubled),
-            "unknown": len(unknown),
-            "not_terminal": len(bad_state),
-            "examples": ", ".join((missing + doubled + unknown + list(bad_state["item_id"]) if len(bad_state) else missing + doubled + unknown)[:5]),
+            "missing": missing[0],
+            "doubled": doubled[0],
+            "unknown": unknown[0],
+            "not_terminal": bad_state[0],
+            "examples": ", ".join([item for _, examples in problems for item in examples][:5]),
         },
     )
 
 
-def labels_in_taxonomy(final: pd.DataFrame, names: list[str]) -> dg.AssetCheckResult:
-    labeled = final[final["label"].notna()] if len(final) else final
-    outside = labeled[~labeled["label"].isin(names)] if len(labeled) else labeled
+def labels_in_taxonomy(conn, window: dg.TimeWindow, names: list[str]) -> dg.AssetCheckResult:
+    from labeling_dagster.resources.warehouse import naive_utc
+
+    params = [naive_utc(window.start), naive_utc(window.end), names]
+    labeled = "FROM final_labels WHERE month >= ? AND month < ? AND label IS NOT NULL"
+    (checked,) = conn.execute(f"SELECT COUNT(*) {labeled}", params[:2]).fetchone()
+    outside_sql = f"{labeled} AND NOT list_contains(?, label)"
+    (outside,) = conn.execute(f"SELECT COUNT(*) {outside_sql}", params).fetchone()
+    examples = conn.execute(f"SELECT item_id, label {outside_sql} ORDER BY item_id LIMIT 5", params).fetchall()
     return dg.AssetCheckResult(
         check_name=IN_TAXONOMY,
-        passed=len(outside) == 0,
-        metadata={"labels_checked": len(labeled), "outside": len(outside),
-                  "examples": ", ".join(f"{r.item_id}={r.label}" for r in outside.head(5).itertuples())},
+        passed=outside == 0,
+        metadata={"labels_checked": checked, "outside": outside,
+                  "examples": ", ".join(f"{item}={label}" for item, label in examples)},
     )
 
 

@@ -124,6 +124,8 @@ wait_for 30 "redis" redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping
 say "a generated month: $ITEMS items for $MONTH"
 cd "$REPO"
 "$BIN/python" -m benchmarks.generate_inbox --items "$ITEMS" --month "$MONTH" --out "$WORK/project" >/dev/null
+# Shards of 500 items: each model tier's month is several steps, which the two workers take at once.
+printf 'scale: {shard_items: 500}\n' >> "$WORK/project/project.yaml"
 
 export DAGSTER_HOME="$WORK/dagster_home"
 export DAGSTER_PG_HOST=127.0.0.1 DAGSTER_PG_PORT="$PG_PORT" DAGSTER_PG_DB=dagster DAGSTER_PG_USER=dagster
@@ -202,8 +204,13 @@ if type(instance.run_storage).__name__ != "PostgresRunStorage":
     problems.append(f"run storage is {type(instance.run_storage).__name__}, not Postgres")
 core = {"raw_items", "first_pass_labels", "qa_labels", "adjudicated_labels", "review_queue", "human_reviews",
         "final_labels", "cost_ledger"}
-if core - set(steps):
-    problems.append(f"steps {sorted(core - set(steps))} did not succeed")
+done = {step.split(".")[0] for step in steps}  # a tier's steps are <asset>.<asset>_plan / _shard[key] / _collect
+if core - done:
+    problems.append(f"assets {sorted(core - done)} did not succeed")
+shard_steps = [step for step in steps if "_shard[" in step]
+print(f"shard steps: {len(shard_steps)}")
+if len([step for step in shard_steps if step.startswith("first_pass_labels.")]) < 2:
+    problems.append("the first pass did not run in several shards")
 if not by_celery:
     problems.append("no celery engine event: the steps did not go through celery")
 checks = [e.dagster_event.event_specific_data for e in events
@@ -249,5 +256,11 @@ PY
 
 say "which worker ran which step"
 for name in w1 w2; do
-    echo "worker $name: $(grep -o 'Executing steps [a-z_]* in celery worker' "$WORK/worker-$name.log" | awk '{print $3}' | tr '\n' ' ')"
+    echo "worker $name: $(grep -o 'Executing steps [^ ]* in celery worker' "$WORK/worker-$name.log" | awk '{print $3}' | tr '\n' ' ')"
+done
+for name in w1 w2; do
+    if ! grep -q 'Executing steps [^ ]*_shard\[[^ ]* in celery worker' "$WORK/worker-$name.log"; then
+        echo "worker $name ran no shard step: the shards did not spread over the workers" >&2
+        exit 1
+    fi
 done

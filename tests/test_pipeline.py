@@ -165,3 +165,27 @@ def test_small_chunks_give_the_same_tables(tiny_project: Path, tmp_path: Path, m
                 "SELECT item_id, candidate_label, queue_reason, tier_answers FROM review_queue ORDER BY 1",
                 "SELECT item_id, status, label, decided_by FROM final_labels ORDER BY 1"):
         assert table(chunked, sql) == table(whole, sql), sql
+
+
+def test_final_label_checks_catch_missing_doubled_unknown_and_outside_labels(tiny_project: Path, warehouse: Path) -> None:
+    from datetime import datetime
+
+    from labeling_dagster import checks
+
+    assert run_month(tiny_project, warehouse).success
+    window = dg.TimeWindow(datetime(2026, 8, 1), datetime(2026, 9, 1))
+    with duckdb.connect(str(warehouse)) as conn:
+        good = checks.terminal_state(conn, window, 2)
+        assert good.passed and good.metadata["raw_items"].value == 13
+        assert checks.labels_in_taxonomy(conn, window, ["billing", "cancellation", "card_lost"]).passed
+        first, second = [row[0] for row in conn.execute("SELECT item_id FROM final_labels ORDER BY item_id LIMIT 2").fetchall()]
+        conn.execute("DELETE FROM final_labels WHERE item_id = ?", [first])
+        conn.execute("INSERT INTO final_labels SELECT * FROM final_labels WHERE item_id = ?", [second])
+        conn.execute("INSERT INTO final_labels (month, item_id, status) VALUES ('2026-08-01', 'nobody', 'unrouted')")
+        conn.execute("UPDATE final_labels SET label = 'refund', status = 'labeled' WHERE item_id = ?", [second])
+        bad = checks.terminal_state(conn, window, 2)
+        outside = checks.labels_in_taxonomy(conn, window, ["billing", "cancellation", "card_lost"])
+    found = {name: bad.metadata[name].value for name in ("missing", "doubled", "unknown", "not_terminal")}
+    assert not bad.passed and found == {"missing": 1, "doubled": 1, "unknown": 1, "not_terminal": 1}
+    assert first in bad.metadata["examples"].value
+    assert not outside.passed and outside.metadata["outside"].value == 2  # the doubled row, twice

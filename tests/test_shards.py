@@ -179,3 +179,36 @@ def test_parallel_shards_run_in_their_own_processes(tiny_project: Path, tmp_path
     first_pass = "SELECT * EXCLUDE (reused) FROM first_pass_labels ORDER BY item_id"
     assert table(parallel, first_pass) == table(whole, first_pass)
     assert table(parallel, "SELECT COUNT(*) FROM model_calls") == table(whole, "SELECT COUNT(*) FROM model_calls")
+
+
+def test_reexecuting_from_failure_runs_only_the_failed_shard(paid_project: Path, server: FakeLLMServer,
+                                                              tmp_path: Path) -> None:
+    # What the UI's "Re-execute from failure" does: the plan's output and the finished shards' results are
+    # read back from the failed run; only the failed shard and the steps after it run again.
+    from labeling_dagster.cli.common import monthly_job_of
+
+    with_scale(paid_project, "{shard_items: 4, shard_retries: 0}")
+    clean = tmp_path / "clean.duckdb"
+    assert monthly_job_of(str(paid_project), str(clean)).execute_in_process(
+        partition_key="2026-08-01", instance=dg.DagsterInstance.ephemeral()).success
+
+    warehouse = tmp_path / "w.duckdb"
+    job = dg.build_reconstructable_job("labeling_dagster.cli.common", "monthly_job_of",
+                                       reconstructable_args=(str(paid_project), str(warehouse)))
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        server.refuse = refuse_card_lost
+        with dg.execute_job(job, instance, tags={"dagster/partition": "2026-08-01"}) as failed:
+            assert not failed.success
+        server.refuse = None
+        server.requests.clear()
+        # (the UI copies the parent run's partition tag; execute_job needs it given)
+        with dg.execute_job(job, instance, tags={"dagster/partition": "2026-08-01"},
+                            reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, instance)) as again:
+            assert again.success
+            started = {event.step_key for event in again.all_events if event.event_type == dg.DagsterEventType.STEP_START}
+    first_pass_steps = sorted(step for step in started if step.startswith("first_pass_labels."))
+    assert first_pass_steps == ["first_pass_labels.first_pass_labels_collect",
+                                "first_pass_labels.first_pass_labels_shard[m2026_08_s0003]"]
+    assert first_pass_requests(server) == 1  # the failed shard's one request; the others were kept
+    assert tier_rows(warehouse) == tier_rows(clean)

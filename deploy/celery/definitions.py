@@ -6,9 +6,10 @@ from dagster_celery import celery_executor
 
 from labeling_dagster.definitions import definitions_from_environment
 
-# The steps of a month are a chain (each asset reads the one before) and all sit in the `warehouse`
-# pool, so the workers take them one at a time: DuckDB keeps its single writer. What celery adds is
-# where a step runs: any worker that can reach the broker, the Dagster storage and the warehouse.
+# The steps that write the warehouse sit in the `warehouse` pool (limit 1 in dagster.yaml), so the
+# workers take them one at a time: DuckDB keeps its single writer. A model tier's shard steps write only
+# their own shard files (resources/shards.py), so the workers run them at once: a large month's first
+# pass is spread over every worker that shares the warehouse's folder, the broker and the Dagster storage.
 # Broker and backend come from the environment, so scheduled and UI-launched runs need no run config;
 # the workers read the same URLs through run_config.yaml.
 defs = definitions_from_environment(

@@ -6,9 +6,10 @@ import pandas as pd
 from labeling_dagster import checks
 from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, months_in
 from labeling_dagster.assets.review_queue import latest_rows
+from labeling_dagster.core.metrics import Accuracy
 from labeling_dagster.core.quality import golden_score, held_out_answers
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_columns, read_window, replace_window
+from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, iter_window, naive_utc
 
 CALL_SHARES = """
     SELECT call_id, usd / NULLIF(item_count, 0) AS usd_per_item FROM model_calls
@@ -16,11 +17,17 @@ CALL_SHARES = """
 """
 
 
-def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_review: float) -> pd.DataFrame:
+def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_review: float,
+                  item_range: tuple[str, str] | None = None) -> pd.DataFrame:
     """Per item (aligned with `item_ids`): whether people settled it, their label and confidence, and its
-    human cost: the labor so far plus, while unsettled, the reviews it still needs at the flat rate."""
-    queue = read_columns(conn, "review_queue", window, "item_id, annotators_needed").set_index("item_id")
-    merged = read_window(conn, "review_consensus", window).set_index("item_id")
+    human cost: the labor so far plus, while unsettled, the reviews it still needs at the flat rate.
+    `item_range` (first and last id, included) limits the reads to a page of the month."""
+    bounds = [naive_utc(window.start), naive_utc(window.end)]
+    where = "WHERE month >= ? AND month < ?"
+    if item_range is not None:
+        where, bounds = where + " AND item_id >= ? AND item_id <= ?", [*bounds, *item_range]
+    queue = conn.execute(f"SELECT item_id, annotators_needed FROM review_queue {where}", bounds).df().set_index("item_id")
+    merged = conn.execute(f"SELECT * FROM review_consensus {where}", bounds).df().set_index("item_id")
     needed = queue["annotators_needed"].reindex(item_ids).fillna(0).to_numpy()
     have = merged["n_annotators"].reindex(item_ids).fillna(0).to_numpy()
     settled = merged["settled"].reindex(item_ids).eq(True).to_numpy()
@@ -34,6 +41,34 @@ def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_revi
         "remaining_reviews": (remaining * ~settled).astype(int),
         "human_usd": labor + remaining * ~settled * usd_per_review,
     }, index=item_ids.index)
+
+
+def final_page(conn, window: dg.TimeWindow, raw: pd.DataFrame, usd_per_review: float) -> pd.DataFrame:
+    """The final rows of a page of the month's raw items (item_id, content_hash; in id order)."""
+    item_range = (raw["item_id"].iloc[0], raw["item_id"].iloc[-1])
+    every, last = latest_rows(conn, window, "item_id, tier, label, confidence, call_id, next_step", item_range)
+    final = raw[["item_id", "content_hash"]].reset_index(drop=True)
+    final["month"] = naive_utc(window.start)
+    if not len(last):
+        return final.assign(status="unrouted", label=None, confidence=None, decided_by=None, cost_usd=0.0)
+    outcome = last.reindex(final["item_id"])
+    settled = (outcome["next_step"] == "accept").to_numpy()
+    queued = (outcome["next_step"] == "human").to_numpy()
+    final["status"] = ["labeled" if s else "pending_human" if q else "unrouted" for s, q in zip(settled, queued)]
+    final["label"] = outcome["label"].where(settled).to_numpy()
+    final["confidence"] = outcome["confidence"].where(settled).to_numpy()
+    final["decided_by"] = outcome["tier"].where(settled).to_numpy()
+    incoming_calls = every[["call_id"]].dropna()  # noqa: F841 (read by name in CALL_SHARES)
+    shares = conn.execute(CALL_SHARES).df().set_index("call_id")["usd_per_item"]
+    model_cost = every.assign(usd=every["call_id"].map(shares).fillna(0.0)).groupby("item_id")["usd"].sum()
+    people = human_outcome(conn, window, final["item_id"], usd_per_review, item_range)
+    by_people = (queued & people["settled"]).to_numpy()
+    final["status"] = final["status"].mask(by_people, "labeled")
+    final["label"] = final["label"].mask(by_people, people["label"])
+    final["confidence"] = final["confidence"].mask(by_people, people["confidence"])
+    final["decided_by"] = final["decided_by"].mask(by_people, "human")
+    final["cost_usd"] = final["item_id"].map(model_cost).fillna(0.0) + queued * people["human_usd"]
+    return final
 
 
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -51,58 +86,42 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         spec = project.load()
         per_review = spec.human_review.usd_per_review
         answers = held_out_answers(spec)
-        frames, raws, rejected = [], [], 0
+        score = Accuracy(0, 0, 0)
+        window = context.partition_time_window
         with warehouse.session() as conn:
-            for month, window in months_in(context.partition_time_window):
-                raw = conn.execute(
-                    "SELECT item_id, content_hash FROM raw_items WHERE month >= ? AND month < ? ORDER BY item_id",
-                    [naive_utc(window.start), naive_utc(window.end)]).df()
-                every, last = latest_rows(conn, window, "item_id, tier, label, confidence, call_id, next_step")
-                rejected += len(read_window(conn, "rejected_items", window))
-                final = raw[["item_id", "content_hash"]].copy()
-                final["month"] = naive_utc(window.start)
-                if len(last):
-                    outcome = last.reindex(final["item_id"])
-                    settled = (outcome["next_step"] == "accept").to_numpy()
-                    queued = (outcome["next_step"] == "human").to_numpy()
-                    final["status"] = ["labeled" if s else "pending_human" if q else "unrouted" for s, q in zip(settled, queued)]
-                    final["label"] = outcome["label"].where(settled).to_numpy()
-                    final["confidence"] = outcome["confidence"].where(settled).to_numpy()
-                    final["decided_by"] = outcome["tier"].where(settled).to_numpy()
-                    incoming_calls = every[["call_id"]].dropna()  # noqa: F841 (read by name in CALL_SHARES)
-                    shares = conn.execute(CALL_SHARES).df().set_index("call_id")["usd_per_item"]
-                    model_cost = every.assign(usd=every["call_id"].map(shares).fillna(0.0)).groupby("item_id")["usd"].sum()
-                    people = human_outcome(conn, window, final["item_id"], per_review)
-                    by_people = (queued & people["settled"]).to_numpy()
-                    final["status"] = final["status"].mask(by_people, "labeled")
-                    final["label"] = final["label"].mask(by_people, people["label"])
-                    final["confidence"] = final["confidence"].mask(by_people, people["confidence"])
-                    final["decided_by"] = final["decided_by"].mask(by_people, "human")
-                    final["cost_usd"] = final["item_id"].map(model_cost).fillna(0.0) + queued * people["human_usd"]
-                else:
-                    final = final.assign(status="unrouted", label=None, confidence=None, decided_by=None, cost_usd=0.0)
-                frames.append(final)
-                raws.append(raw)
-            result = pd.concat(frames, ignore_index=True)
-            replace_window(conn, "final_labels", result.drop(columns=["content_hash"]), context.partition_time_window)
-        raw_all = pd.concat(raws, ignore_index=True)
-        score = golden_score(result, answers)
-        by_tier = result[result["status"] == "labeled"]["decided_by"].value_counts()
+            # A page of raw items at a time: memory follows the page, not the month.
+            clear_window(conn, "final_labels", window)
+            for _, month_window in months_in(window):
+                for raw in iter_window(conn, "raw_items", month_window):
+                    final = final_page(conn, month_window, raw[["item_id", "content_hash"]], per_review)
+                    page = golden_score(final, answers)
+                    score = Accuracy(score.golden_items + page.golden_items, score.labeled + page.labeled,
+                                     score.correct + page.correct)
+                    append(conn, "final_labels", final.drop(columns=["content_hash"]))
+            bounds = [naive_utc(window.start), naive_utc(window.end)]
+            statuses = dict(conn.execute(
+                "SELECT status, COUNT(*) FROM final_labels WHERE month >= ? AND month < ? GROUP BY ALL", bounds).fetchall())
+            by_tier = conn.execute(
+                """SELECT decided_by, COUNT(*) FROM final_labels WHERE month >= ? AND month < ? AND status = 'labeled'
+                   GROUP BY ALL ORDER BY 2 DESC, 1""", bounds).fetchall()
+            (cost_usd,) = conn.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM final_labels WHERE month >= ? AND month < ?", bounds).fetchone()
+            (rejected,) = conn.execute(
+                "SELECT COUNT(*) FROM rejected_items WHERE month >= ? AND month < ?", bounds).fetchone()
+            check_results = [checks.terminal_state(conn, window, rejected),
+                             checks.labels_in_taxonomy(conn, window, spec.taxonomy.names)]
         return dg.MaterializeResult(
             metadata={
-                "items": len(result),
-                "labeled": int((result["status"] == "labeled").sum()),
-                "pending_human": int((result["status"] == "pending_human").sum()),
+                "items": sum(statuses.values()),
+                "labeled": statuses.get("labeled", 0),
+                "pending_human": statuses.get("pending_human", 0),
                 "rejected": rejected,
-                "decided_by": dg.MetadataValue.md("\n".join(f"- {t}: {n}" for t, n in by_tier.items()) or "_none_"),
+                "decided_by": dg.MetadataValue.md("\n".join(f"- {t}: {n}" for t, n in by_tier) or "_none_"),
                 "golden_items": score.golden_items,
                 "golden_accuracy": dg.MetadataValue.float(round(score.accuracy, 4)) if score.accuracy is not None else dg.MetadataValue.text("n/a"),
-                "cost_usd": dg.MetadataValue.float(round(float(result["cost_usd"].sum()), 6)),
+                "cost_usd": dg.MetadataValue.float(round(float(cost_usd), 6)),
             },
-            check_results=[
-                checks.terminal_state(raw_all, result, rejected),
-                checks.labels_in_taxonomy(result, spec.taxonomy.names),
-            ],
+            check_results=check_results,
         )
 
     return final_labels

@@ -25,10 +25,15 @@ def _tier_rows_sql(columns: str, where: str = "") -> str:
     )
 
 
-def latest_rows(conn, window: dg.TimeWindow, columns: str = TIER_ROW_COLUMNS) -> tuple[pd.DataFrame, pd.DataFrame]:
+def latest_rows(conn, window: dg.TimeWindow, columns: str = TIER_ROW_COLUMNS,
+                item_range: tuple[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every tier row of the window (in tier order) and, per item, the last tier's row, which holds
-    the item's routing outcome. `columns`: what the caller needs (item_id and next_step at least)."""
-    every = conn.execute(f"SELECT * FROM ({_tier_rows_sql(columns)}) ORDER BY item_id, stage", _bounds(window)).df()
+    the item's routing outcome. `columns`: what the caller needs (item_id and next_step at least);
+    `item_range`: only the items from the first id to the last, both included (a page of the month)."""
+    where, params = "", _bounds(window)
+    if item_range is not None:
+        where, params = "AND item_id >= $first AND item_id <= $last", params | dict(zip(("first", "last"), item_range))
+    every = conn.execute(f"SELECT * FROM ({_tier_rows_sql(columns, where)}) ORDER BY item_id, stage", params).df()
     if not len(every):
         return every, every
     return every, every.groupby("item_id", sort=False).tail(1).set_index("item_id")
