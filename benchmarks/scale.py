@@ -21,8 +21,8 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile

@@ -16,7 +16,12 @@ from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse
-from labeling_dagster.schedules import label_model_job, label_model_schedule, monthly_job, monthly_schedule
+from labeling_dagster.schedules import (
+    label_model_job,
+    label_model_schedule,
+    monthly_job,
+    monthly_schedule,
+)
 from labeling_dagster.sensors import review_sensor
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "support_tickets"

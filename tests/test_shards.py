@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_llm_server import FakeLLMServer  # noqa: E402
 
 from labeling_dagster.resources.shards import ShardSpec, shard_dir, shard_size  # noqa: E402
-from tests.test_llm_pipeline import LOCAL_TIERS, paid_tiers  # noqa: E402
+from tests.test_llm_pipeline import paid_project, server  # noqa: E402, F401 (fixtures: the paid tiers on the simulated server)
 from tests.test_pipeline import run_month, table  # noqa: E402
 
 TIER_TABLES = ["first_pass_labels", "qa_labels", "adjudicated_labels"]
@@ -65,19 +65,11 @@ def test_a_sharded_month_equals_the_month_in_one_piece(tiny_project: Path, tmp_p
 
 
 @pytest.fixture
-def server():
-    with FakeLLMServer(confidence=0.5) as fake:
-        yield fake
-
-
-@pytest.fixture
-def paid_project(tiny_project: Path, server: FakeLLMServer, monkeypatch) -> Path:
-    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "test-key-for-the-simulated-server")
-    yaml = tiny_project / "project.yaml"
-    # One call at a time, so which request fails is the same on every run.
-    tiers = paid_tiers(server).replace("max_concurrency: 2", "max_concurrency: 1")
-    yaml.write_text(yaml.read_text().replace(LOCAL_TIERS, tiers).replace("qa_accept_at: 0.4", "qa_accept_at: 0.95"))
-    return tiny_project
+def serial_project(paid_project: Path) -> Path:
+    """test_llm_pipeline's project of paid tiers, one call at a time, so which request fails is the same on every run."""
+    yaml = paid_project / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("max_concurrency: 2", "max_concurrency: 1"))
+    return paid_project
 
 
 def first_pass_requests(server: FakeLLMServer) -> int:
@@ -89,17 +81,17 @@ def refuse_card_lost(user: str) -> bool:
     return "I lost my card 2026-08" in user
 
 
-def test_a_failed_shard_is_resumed_without_paying_again(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
-    with_scale(paid_project, "{shard_items: 4, shard_retries: 0}")
+def test_a_failed_shard_is_resumed_without_paying_again(serial_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    with_scale(serial_project, "{shard_items: 4, shard_retries: 0}")
     clean = tmp_path / "clean.duckdb"
-    assert run_month(paid_project, clean).success
+    assert run_month(serial_project, clean).success
     clean_requests = first_pass_requests(server)
     clean_usd = table(clean, "SELECT SUM(usd) FROM cost_ledger")[0][0]
 
     server.requests.clear()
     server.refuse = refuse_card_lost
     warehouse = tmp_path / "w.duckdb"
-    failed = run_month(paid_project, warehouse, raise_on_error=False)
+    failed = run_month(serial_project, warehouse, raise_on_error=False)
     assert not failed.success
     assert any("simulated refusal" in str(event.event_specific_data.error)
                for event in failed.all_events if event.is_step_failure)
@@ -107,7 +99,7 @@ def test_a_failed_shard_is_resumed_without_paying_again(paid_project: Path, serv
     assert left and all(name.startswith("first_pass_labels-2026-08-") for name in left)
 
     server.refuse = None
-    assert run_month(paid_project, warehouse).success
+    assert run_month(serial_project, warehouse).success
     # Over both runs the first pass sent its requests once, plus the one refused (unbilled) request:
     # the calls the other shards made before the failure were kept and reused.
     assert first_pass_requests(server) == clean_requests + 1
@@ -116,10 +108,10 @@ def test_a_failed_shard_is_resumed_without_paying_again(paid_project: Path, serv
     assert not list(shard_dir(str(warehouse)).glob("*.duckdb"))
 
 
-def test_a_shard_that_fails_once_is_retried_on_its_own(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
-    with_scale(paid_project, "{shard_items: 4, shard_retries: 1}")
+def test_a_shard_that_fails_once_is_retried_on_its_own(serial_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    with_scale(serial_project, "{shard_items: 4, shard_retries: 1}")
     clean = tmp_path / "clean.duckdb"
-    assert run_month(paid_project, clean).success
+    assert run_month(serial_project, clean).success
     clean_requests = first_pass_requests(server)
 
     server.requests.clear()
@@ -133,7 +125,7 @@ def test_a_shard_that_fails_once_is_retried_on_its_own(paid_project: Path, serve
 
     server.refuse = refuse_once
     warehouse = tmp_path / "w.duckdb"
-    result = run_month(paid_project, warehouse)
+    result = run_month(serial_project, warehouse)
     assert result.success and refused
     retried = [event.step_key for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     assert retried == ["first_pass_labels.first_pass_labels_shard[m2026_08_s0003]"]
@@ -141,13 +133,13 @@ def test_a_shard_that_fails_once_is_retried_on_its_own(paid_project: Path, serve
     assert tier_rows(warehouse) == tier_rows(clean)
 
 
-def test_a_month_of_shards_shares_the_budget(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+def test_a_month_of_shards_shares_the_budget(serial_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
     # Shards may run at once, so each gets its share of what the month has left: together they never pass it.
-    yaml = paid_project / "project.yaml"
+    yaml = serial_project / "project.yaml"
     yaml.write_text(yaml.read_text().replace("monthly_usd: 5", "monthly_usd: 0.0004"))
-    with_scale(paid_project, "{shard_items: 4}")
+    with_scale(serial_project, "{shard_items: 4}")
     warehouse = tmp_path / "w.duckdb"
-    assert run_month(paid_project, warehouse).success
+    assert run_month(serial_project, warehouse).success
     spent = table(warehouse, "SELECT COALESCE(SUM(usd), 0) FROM model_calls")[0][0]
     assert 0 < spent <= 0.0004
     stopped = table(warehouse, "SELECT COUNT(*) FROM first_pass_labels WHERE failure LIKE 'budget reached%'")[0][0]
@@ -181,20 +173,20 @@ def test_parallel_shards_run_in_their_own_processes(tiny_project: Path, tmp_path
     assert table(parallel, "SELECT COUNT(*) FROM model_calls") == table(whole, "SELECT COUNT(*) FROM model_calls")
 
 
-def test_reexecuting_from_failure_runs_only_the_failed_shard(paid_project: Path, server: FakeLLMServer,
+def test_reexecuting_from_failure_runs_only_the_failed_shard(serial_project: Path, server: FakeLLMServer,
                                                               tmp_path: Path) -> None:
     # What the UI's "Re-execute from failure" does: the plan's output and the finished shards' results are
     # read back from the failed run; only the failed shard and the steps after it run again.
     from labeling_dagster.cli.common import monthly_job_of
 
-    with_scale(paid_project, "{shard_items: 4, shard_retries: 0}")
+    with_scale(serial_project, "{shard_items: 4, shard_retries: 0}")
     clean = tmp_path / "clean.duckdb"
-    assert monthly_job_of(str(paid_project), str(clean)).execute_in_process(
+    assert monthly_job_of(str(serial_project), str(clean)).execute_in_process(
         partition_key="2026-08-01", instance=dg.DagsterInstance.ephemeral()).success
 
     warehouse = tmp_path / "w.duckdb"
     job = dg.build_reconstructable_job("labeling_dagster.cli.common", "monthly_job_of",
-                                       reconstructable_args=(str(paid_project), str(warehouse)))
+                                       reconstructable_args=(str(serial_project), str(warehouse)))
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         server.refuse = refuse_card_lost
@@ -212,3 +204,22 @@ def test_reexecuting_from_failure_runs_only_the_failed_shard(paid_project: Path,
                                 "first_pass_labels.first_pass_labels_shard[m2026_08_s0003]"]
     assert first_pass_requests(server) == 1  # the failed shard's one request; the others were kept
     assert tier_rows(warehouse) == tier_rows(clean)
+
+
+def test_a_backfill_of_two_months_in_shards_equals_the_months_one_by_one(tiny_project: Path, tmp_path: Path) -> None:
+    # A single-run backfill: every month's shards are steps of the one run, keyed by month and shard.
+    with_scale(tiny_project, "{shard_items: 5}")
+    one_by_one = tmp_path / "one_by_one.duckdb"
+    for month in ("2026-08", "2026-09"):
+        assert run_month(tiny_project, one_by_one, month).success
+    backfill = tmp_path / "backfill.duckdb"
+    result = run_month(tiny_project, backfill, partition_key=None, tags={
+        "dagster/asset_partition_range_start": "2026-08-01", "dagster/asset_partition_range_end": "2026-09-01"})
+    assert result.success
+    shard_steps = sorted(event.step_key for event in result.all_events
+                         if event.event_type == dg.DagsterEventType.STEP_SUCCESS and "first_pass_labels_shard[" in event.step_key)
+    assert [step.split("[")[1] for step in shard_steps] == [
+        f"m2026_{month}_s000{index}]" for month in ("08", "09") for index in (1, 2, 3)]
+    assert tier_rows(backfill) == tier_rows(one_by_one)
+    ledger = "SELECT month, kind, tier, items, calls, usd FROM cost_ledger ORDER BY ALL"
+    assert table(backfill, ledger) == table(one_by_one, ledger)

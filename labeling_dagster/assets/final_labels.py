@@ -9,7 +9,13 @@ from labeling_dagster.assets.review_queue import latest_rows
 from labeling_dagster.core.metrics import Accuracy
 from labeling_dagster.core.quality import golden_score, held_out_answers
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, iter_window, naive_utc
+from labeling_dagster.resources.warehouse import (
+    Warehouse,
+    append,
+    clear_window,
+    iter_window,
+    naive_utc,
+)
 
 CALL_SHARES = """
     SELECT call_id, usd / NULLIF(item_count, 0) AS usd_per_item FROM model_calls

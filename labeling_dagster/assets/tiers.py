@@ -23,9 +23,9 @@ from labeling_dagster.core import routing
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
 from labeling_dagster.core.runner import run_tier
 from labeling_dagster.project import Budget, Project, Scale, TierConfig
+from labeling_dagster.resources import shards
 from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
-from labeling_dagster.resources import shards
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import (
@@ -171,7 +171,7 @@ def _failure_kind(failure: str) -> str:
     return re.sub(r"[\d.$']+|\(.*\)", "", failure.split(";")[0]).strip()
 
 
-def _plan(stage: Stage, spec: Project, conn, partition_window: dg.TimeWindow, folder, run_id: str, log) -> list[shards.ShardSpec]:
+def _plan(stage: Stage, spec: Project, conn, partition_window: dg.TimeWindow, folder, log) -> list[shards.ShardSpec]:
     """Clear the window's rows, keep the calls of shard files an unfinished run left, and cut each
     month's items for this tier into shards; each shard file gets what its shard needs."""
     tier = spec.tier(stage.role)
@@ -304,8 +304,7 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage, scale: Scale) -> dg
         spec = project.load()
         _providers(local_model, openai, anthropic, spec.tier(stage.role))
         with warehouse.session() as conn:
-            planned = _plan(stage, spec, conn, context.partition_time_window, warehouse.shard_folder(),
-                            context.run.run_id, context.log)
+            planned = _plan(stage, spec, conn, context.partition_time_window, warehouse.shard_folder(), context.log)
         for shard in planned:
             yield dg.DynamicOutput(shard, mapping_key=shard.mapping_key)
 

@@ -10,8 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.execution.execution_result import ExecutionResult  # the base of both run results; not exported
 import duckdb
+from dagster._core.execution.execution_result import (
+    ExecutionResult,  # the base of both run results; not exported
+)
 from rich.console import Console
 from rich.table import Table
 

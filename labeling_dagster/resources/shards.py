@@ -19,7 +19,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from labeling_dagster.resources.warehouse import CHUNK_ROWS, TABLES, ensure_tables, naive_utc
+from labeling_dagster.resources.warehouse import (
+    CHUNK_ROWS,
+    TABLES,
+    ensure_tables,
+    naive_utc,
+)
 
 
 @dataclass(frozen=True)
