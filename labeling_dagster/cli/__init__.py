@@ -61,7 +61,9 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
     (after loading the golden set and training the auto-labeler, when the project turns it on).
 
     Each month is its own Dagster run: a failure stops there, and running the same command again
-    resumes, reusing every model call already stored (nothing is paid twice). Exit code 0 when every
+    resumes, reusing every model call already stored (nothing is paid twice). The runs execute in
+    this process; with scale.parallel_shards above 1 in the project file, each step runs in a process
+    of its own and that many shards of a model tier at once. Exit code 0 when every
     month succeeded, 1 when a run failed, 2 for bad input.
     """
     from labeling_dagster.definitions import check_paid_tiers
