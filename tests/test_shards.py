@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_llm_server import FakeLLMServer  # noqa: E402
 
-from labeling_dagster.resources.shards import ShardSpec, shard_dir, shard_size  # noqa: E402
+from labeling_dagster.resources import shards as shards_module  # noqa: E402
+from labeling_dagster.resources.shards import ShardSpec, page_rows, shard_dir, shard_size  # noqa: E402
 from tests.test_llm_pipeline import paid_project, server  # noqa: E402, F401 (fixtures: the paid tiers on the simulated server)
 from tests.test_pipeline import run_month, table  # noqa: E402
 
@@ -42,9 +43,26 @@ def shard_counts(result: dg.ExecuteInProcessResult) -> dict[str, int]:
     return counts
 
 
-def test_shard_size_never_splits_a_request() -> None:
+def test_shards_and_pages_are_whole_requests() -> None:
     assert shard_size(7, 5) == 10 and shard_size(10, 5) == 10 and shard_size(1, 20) == 20
-    assert shard_size(120_000, 20) == 150_000  # whole pages of 50,000 once a shard is a page or more
+    assert shard_size(120_000, 20) == 120_000 and shard_size(49_999, 7) == 50_001
+    assert page_rows(20) == 50_000 and page_rows(7) == 49_994 and page_rows(3) == 49_998
+
+
+def test_requests_are_the_same_in_shards_when_a_page_is_not_whole_requests(tiny_project: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    # Pages of 4 items and 3 items a request: pages and shards must both be cut at whole requests.
+    monkeypatch.setattr(shards_module, "CHUNK_ROWS", 4)
+    yaml = tiny_project / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("items_per_request: 5", "items_per_request: 3"))
+    whole = tmp_path / "whole.duckdb"
+    assert run_month(tiny_project, whole).success
+    with_scale(tiny_project, "{shard_items: 5}")  # 6 items a shard
+    sharded = tmp_path / "sharded.duckdb"
+    assert run_month(tiny_project, sharded).success
+    calls = "SELECT call_id, item_count FROM model_calls ORDER BY call_id"
+    assert table(sharded, calls) == table(whole, calls)
+    assert {count for _, count in table(whole, calls)} <= {1, 3}
 
 
 def test_a_sharded_month_equals_the_month_in_one_piece(tiny_project: Path, tmp_path: Path) -> None:
@@ -223,3 +241,56 @@ def test_a_backfill_of_two_months_in_shards_equals_the_months_one_by_one(tiny_pr
     assert tier_rows(backfill) == tier_rows(one_by_one)
     ledger = "SELECT month, kind, tier, items, calls, usd FROM cost_ledger ORDER BY ALL"
     assert table(backfill, ledger) == table(one_by_one, ledger)
+
+
+def _spec(folder: Path, plan_id: str = "0123456789ab") -> ShardSpec:
+    from datetime import datetime
+
+    return ShardSpec("first_pass_labels", "2026-08", datetime(2026, 8, 1), datetime(2026, 9, 1), 0, 1,
+                     str(shards_module.shard_path(folder, "first_pass_labels", "2026-08", plan_id, 0, 1)),
+                     "a", None, 1, False, 0.0, 1.0, "queue", plan_id=plan_id)
+
+
+def test_collect_run_again_skips_what_it_merged_and_salvage_drops_unwritten_files(tmp_path: Path) -> None:
+    import duckdb
+
+    from labeling_dagster.resources.warehouse import ensure_tables
+
+    folder = tmp_path / "w.duckdb.shards"
+    spec = _spec(folder)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        ensure_tables(conn)
+        conn.execute("INSERT INTO raw_items (month, item_id, text) VALUES ('2026-08-01', 'a', 'hello')")
+        shards_module.create(conn, spec, todo_sql="", earlier_tables=[], provider="local", model="m")
+        with duckdb.connect(spec.path) as shard:
+            shard.execute("INSERT INTO first_pass_labels (month, item_id, label) VALUES ('2026-08-01', 'a', 'x')")
+            shard.execute("INSERT INTO model_calls (call_id, month, usd, status) VALUES ('c1', '2026-08-01', 0.5, 'ok')")
+        assert shards_module.collect(conn, spec) == 1
+        # The collect step failed later and runs again: this shard is merged already, its file gone.
+        assert shards_module.collect(conn, spec) == 0
+        assert conn.execute("SELECT COUNT(*), SUM(usd) FROM model_calls").fetchone() == (1, 0.5)
+        assert conn.execute("SELECT COUNT(*) FROM first_pass_labels").fetchone() == (1,)
+        # A shard of another plan whose file is gone is an error, not a silent skip.
+        with pytest.raises(dg.Failure, match="is missing"):
+            shards_module.collect(conn, _spec(folder, "ffffffffffff"))
+        # A plan stopped before the file got its tables: nothing to keep, the file is removed.
+        broken = Path(_spec(folder, "eeeeeeeeeeee").path)
+        duckdb.connect(str(broken)).close()
+        assert shards_module.salvage(conn, folder, "first_pass_labels", "2026-08") == 0 and not broken.exists()
+
+
+def test_a_shard_changed_under_its_plan_is_seen(tmp_path: Path) -> None:
+    import duckdb
+
+    from labeling_dagster.resources.warehouse import ensure_tables
+
+    spec = _spec(tmp_path)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        ensure_tables(conn)
+        conn.execute("INSERT INTO raw_items (month, item_id, text, content_hash) VALUES ('2026-08-01', 'a', 't', 'h')")
+        conn.execute("INSERT INTO auto_labels (month, item_id, tier, label, next_step) "
+                     "VALUES ('2026-08-01', 'a', 'auto', 'x', 'first_pass')")
+        before = shards_module.fingerprint(conn, spec, todo_sql="", earlier_tables=["auto_labels"])
+        assert shards_module.fingerprint(conn, spec, todo_sql="", earlier_tables=["auto_labels"]) == before
+        conn.execute("UPDATE auto_labels SET label = 'y'")
+        assert shards_module.fingerprint(conn, spec, todo_sql="", earlier_tables=["auto_labels"]) != before

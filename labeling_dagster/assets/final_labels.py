@@ -77,6 +77,32 @@ def final_page(conn, window: dg.TimeWindow, raw: pd.DataFrame, usd_per_review: f
     return final
 
 
+def _write_final_labels(conn, window: dg.TimeWindow, per_review: float, answers: dict[str, str], spec):
+    """Replace the window's final rows, a page of raw items at a time; then read back what the metadata
+    and the checks report from the stored table."""
+    score = Accuracy(0, 0, 0)
+    clear_window(conn, "final_labels", window)
+    for _, month_window in months_in(window):
+        for raw in iter_window(conn, "raw_items", month_window):
+            final = final_page(conn, month_window, raw[["item_id", "content_hash"]], per_review)
+            page = golden_score(final, answers)
+            score = Accuracy(score.golden_items + page.golden_items, score.labeled + page.labeled,
+                             score.correct + page.correct)
+            append(conn, "final_labels", final.drop(columns=["content_hash"]))
+    bounds = [naive_utc(window.start), naive_utc(window.end)]
+    statuses = dict(conn.execute(
+        "SELECT status, COUNT(*) FROM final_labels WHERE month >= ? AND month < ? GROUP BY ALL", bounds).fetchall())
+    by_tier = conn.execute(
+        """SELECT decided_by, COUNT(*) FROM final_labels WHERE month >= ? AND month < ? AND status = 'labeled'
+           GROUP BY ALL ORDER BY 2 DESC, 1""", bounds).fetchall()
+    (cost_usd,) = conn.execute(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM final_labels WHERE month >= ? AND month < ?", bounds).fetchone()
+    (rejected,) = conn.execute("SELECT COUNT(*) FROM rejected_items WHERE month >= ? AND month < ?", bounds).fetchone()
+    check_results = [checks.terminal_state(conn, window, rejected),
+                     checks.labels_in_taxonomy(conn, window, spec.taxonomy.names)]
+    return score, (statuses, by_tier, cost_usd, rejected, check_results)
+
+
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         **monthly_asset_args(partitions),
@@ -92,30 +118,17 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         spec = project.load()
         per_review = spec.human_review.usd_per_review
         answers = held_out_answers(spec)
-        score = Accuracy(0, 0, 0)
-        window = context.partition_time_window
         with warehouse.session() as conn:
-            # A page of raw items at a time: memory follows the page, not the month.
-            clear_window(conn, "final_labels", window)
-            for _, month_window in months_in(window):
-                for raw in iter_window(conn, "raw_items", month_window):
-                    final = final_page(conn, month_window, raw[["item_id", "content_hash"]], per_review)
-                    page = golden_score(final, answers)
-                    score = Accuracy(score.golden_items + page.golden_items, score.labeled + page.labeled,
-                                     score.correct + page.correct)
-                    append(conn, "final_labels", final.drop(columns=["content_hash"]))
-            bounds = [naive_utc(window.start), naive_utc(window.end)]
-            statuses = dict(conn.execute(
-                "SELECT status, COUNT(*) FROM final_labels WHERE month >= ? AND month < ? GROUP BY ALL", bounds).fetchall())
-            by_tier = conn.execute(
-                """SELECT decided_by, COUNT(*) FROM final_labels WHERE month >= ? AND month < ? AND status = 'labeled'
-                   GROUP BY ALL ORDER BY 2 DESC, 1""", bounds).fetchall()
-            (cost_usd,) = conn.execute(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM final_labels WHERE month >= ? AND month < ?", bounds).fetchone()
-            (rejected,) = conn.execute(
-                "SELECT COUNT(*) FROM rejected_items WHERE month >= ? AND month < ?", bounds).fetchone()
-            check_results = [checks.terminal_state(conn, window, rejected),
-                             checks.labels_in_taxonomy(conn, window, spec.taxonomy.names)]
+            # A page of raw items at a time, so memory follows the page, not the month; in one
+            # transaction, so readers never see a month half written.
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                score, summary = _write_final_labels(conn, context.partition_time_window, per_review, answers, spec)
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+        statuses, by_tier, cost_usd, rejected, check_results = summary
         return dg.MaterializeResult(
             metadata={
                 "items": sum(statuses.values()),

@@ -3,7 +3,9 @@ decides with the routing bands where each item goes next (accepted, QA, adjudica
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -21,7 +23,7 @@ from labeling_dagster.assets.common import (
 from labeling_dagster.assets.golden_labels import calibrated, stored_calibrator
 from labeling_dagster.core import routing
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
-from labeling_dagster.core.runner import run_tier
+from labeling_dagster.core.runner import BudgetExceeded, run_tier
 from labeling_dagster.project import Budget, Project, Scale, TierConfig
 from labeling_dagster.resources import shards
 from labeling_dagster.resources.anthropic_provider import AnthropicProvider
@@ -120,10 +122,10 @@ def _with_batch_default(tier: TierConfig, spec: Project, items: int) -> TierConf
     return tier.model_copy(update={"options": {**tier.options, "mode": "batch"}})
 
 
-def _todo_chunks(stage: Stage, conn, window: dg.TimeWindow):
-    """Chunks of (items, the earlier answers a prompt shows, the earlier answers routing compares),
-    in item order, so a month of a million items never sits in memory at once."""
-    for chunk in iter_window(conn, "raw_items", window, _todo_sql(stage, conn, window)):
+def _todo_chunks(stage: Stage, conn, window: dg.TimeWindow, rows: int):
+    """Chunks of `rows` items (whole requests: shards.page_rows) with the earlier answers a prompt shows
+    and those routing compares, in item order, so a month of a million items never sits in memory at once."""
+    for chunk in iter_window(conn, "raw_items", window, _todo_sql(stage, conn, window), rows=rows):
         items = items_from(chunk)
         prior: dict[str, list[PriorAnswer]] = {}
         answers: dict[str, dict[str, Answer | None]] = {}
@@ -192,6 +194,7 @@ def _plan(stage: Stage, spec: Project, conn, partition_window: dg.TimeWindow, fo
         if tier is None:
             raise dg.Failure(f"{month}: {total} items were routed to {stage.role} but the project has no {stage.role} tier")
         size = shards.shard_size(spec.scale.shard_items, tier.items_per_request)
+        plan_id = uuid.uuid4().hex[:12]
         firsts = [row[0] for row in conn.execute(
             f"""SELECT item_id FROM (
                     SELECT item_id, row_number() OVER (ORDER BY item_id) - 1 AS position
@@ -204,13 +207,17 @@ def _plan(stage: Stage, spec: Project, conn, partition_window: dg.TimeWindow, fo
             items = min(size, total - index * size)
             shard = shards.ShardSpec(
                 asset=stage.asset, month=month, start=window.start, end=window.end, index=index, count=len(firsts),
-                path=str(shards.shard_path(folder, stage.asset, month, index, len(firsts))),
+                path=str(shards.shard_path(folder, stage.asset, month, plan_id, index, len(firsts))),
                 first_item=first, end_item=firsts[index + 1] if index + 1 < len(firsts) else None, items=items,
                 batch=tier.options.get("mode") == "batch", spent_before=float(spent),
                 # Shards run at once, so each may spend only its share of what the month has left.
                 budget_cap_usd=float(spent) + remaining * items / total, on_exceeded=spec.budget.on_exceeded,
+                plan_id=plan_id,
             )
-            shards.create(conn, shard, todo_sql=todo_sql, earlier_tables=_copied_tables(stage), tier_name=tier.name)
+            shard = replace(shard, fingerprint=shards.fingerprint(
+                conn, shard, todo_sql=todo_sql, earlier_tables=_copied_tables(stage)))
+            shards.create(conn, shard, todo_sql=todo_sql, earlier_tables=_copied_tables(stage),
+                          provider=tier.provider, model=tier.model)
             planned.append(shard)
         log.info(f"{month} {stage.role}: {total} items in {len(firsts)} shard(s) of up to {size}")
     return planned
@@ -232,20 +239,28 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
     routes: dict[str, int] = {}
     failure_reasons: dict[str, int] = {}
     window = shard.window
+    if not Path(shard.path).exists():
+        raise dg.Failure(
+            f"shard file {shard.path} is missing: a newer run of {shard.month} took over its calls, or this step runs "
+            "on a machine that does not share the folder. Run the month again; stored calls are reused.",
+            allow_retries=False,
+        )
+    made_here = ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ? "
+                 "AND call_id NOT IN (SELECT call_id FROM copied_calls)")
     with duckdb.connect(shard.path) as conn:
         conn.execute(f"DELETE FROM {stage.asset}")
-        (copied_usd,) = conn.execute(
-            "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE call_id IN (SELECT call_id FROM copied_calls)"
-        ).fetchone()
         price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
-        for todo, prior, earlier in _todo_chunks(stage, conn, window):
+        for todo, prior, earlier in _todo_chunks(stage, conn, window, shards.page_rows(tier.items_per_request)):
             cache = DuckDBCallCache(conn, window.start, run_id)
-            result = run_tier(
-                providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=todo, cache=cache,
-                price=price, budget=budget, spent_before=shard.spent_before + cache.month_spend() - float(copied_usd),
-                prior=prior,
-                on_progress=lambda done, total: log.debug(f"{shard.month} {tier.name} shard {shard.index + 1}: call {done}/{total}"),
-            )
+            (spent_here,) = conn.execute(made_here, [naive_utc(window.start)]).fetchone()
+            try:
+                result = run_tier(
+                    providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=todo, cache=cache,
+                    price=price, budget=budget, spent_before=shard.spent_before + float(spent_here), prior=prior,
+                    on_progress=lambda done, total: log.debug(f"{shard.month} {tier.name} shard {shard.index + 1}: call {done}/{total}"),
+                )
+            except BudgetExceeded as exc:  # budget.on_exceeded: fail; a retry would fail the same way
+                raise dg.Failure(f"{shard.month} shard {shard.index + 1}/{shard.count}: {exc}", allow_retries=False) from exc
             calibrator = stored_calibrator(conn, window, tier.name, result.version)
             rows = []
             for item in todo:
@@ -322,7 +337,16 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage, scale: Scale) -> dg
         tier = spec.tier(stage.role)
         with warehouse.session() as conn:
             for result in sorted(results, key=lambda result: (result["shard"].month, result["shard"].index)):
-                shards.collect(conn, result["shard"])
+                shard = result["shard"]
+                now = shards.fingerprint(conn, shard, todo_sql=_todo_sql(stage, conn, shard.window),
+                                         earlier_tables=_copied_tables(stage))
+                if now != shard.fingerprint:
+                    raise dg.Failure(
+                        f"{shard.month} {stage.role}: the items or earlier answers of shard {shard.index + 1} changed "
+                        "since its run planned it (an earlier tier was materialized again?). Its labels are not "
+                        "merged; run the month again: stored calls are reused."
+                    )
+                shards.collect(conn, shard)
         context.add_output_metadata(_metadata(tier, results))
 
     @dg.graph_asset(name=stage.asset, description=stage.doc, ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in stage.upstream},

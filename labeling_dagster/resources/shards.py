@@ -46,6 +46,8 @@ class ShardSpec:
     spent_before: float  # the month's spend when the shards were planned
     budget_cap_usd: float  # the month's spend this shard may bring it to: its share of what remained
     on_exceeded: str
+    plan_id: str = ""  # one per plan step: its shard files, and the shards its collect step merged
+    fingerprint: str = ""  # the shard's inputs when planned (its items, their earlier answers)
 
     @property
     def window(self) -> dg.TimeWindow:
@@ -66,11 +68,16 @@ def _quote(text: str) -> str:
 
 
 def shard_size(shard_items: int, items_per_request: int) -> int:
-    """Items per shard, rounded up so a shard boundary never splits a provider request: the requests of
-    a sharded month are those of the same month in one piece, so either one's stored calls serve the other.
-    Shards of at least a page are whole pages (the runner groups requests a page at a time)."""
-    step = CHUNK_ROWS if shard_items >= CHUNK_ROWS else items_per_request
-    return max(step, math.ceil(shard_items / step) * step)
+    """Items per shard: a multiple of the tier's items per request, as the pages a shard reads are
+    (page_rows), so every request starts a multiple of items_per_request into the month's items. A
+    sharded month then sends the requests of the same month in one piece, and either one's stored calls
+    serve the other."""
+    return max(1, math.ceil(shard_items / items_per_request)) * items_per_request
+
+
+def page_rows(items_per_request: int) -> int:
+    """Items a shard reads and labels at a time: about CHUNK_ROWS, a whole number of requests."""
+    return max(1, CHUNK_ROWS // items_per_request) * items_per_request
 
 
 def shard_dir(database: str) -> Path:
@@ -78,12 +85,12 @@ def shard_dir(database: str) -> Path:
     return path.parent / f"{path.name}.shards"
 
 
-def shard_path(folder: Path, asset: str, month: str, index: int, count: int) -> Path:
-    return folder / f"{asset}-{month}-{index + 1:04d}of{count:04d}.duckdb"
+def shard_path(folder: Path, asset: str, month: str, plan_id: str, index: int, count: int) -> Path:
+    return folder / f"{asset}-{month}-{plan_id}-{index + 1:04d}of{count:04d}.duckdb"
 
 
 def leftover_files(folder: Path, asset: str, month: str) -> list[Path]:
-    pattern = re.compile(rf"{re.escape(asset)}-{re.escape(month)}-\d{{4}}of\d{{4}}\.duckdb")
+    pattern = re.compile(rf"{re.escape(asset)}-{re.escape(month)}-[0-9a-f]+-\d{{4}}of\d{{4}}\.duckdb")
     return sorted(path for path in folder.glob(f"{asset}-{month}-*.duckdb") if pattern.fullmatch(path.name))
 
 
@@ -96,10 +103,23 @@ def _attach(conn: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool) -> 
     try:
         conn.execute(f"ATTACH {_quote(str(path))} AS shard{' (READ_ONLY)' if read_only else ''}")
     except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise dg.Failure(
+                f"shard file {path} is open in another process: a shard step of another run of this month "
+                "is still labeling. Let that run finish (or stop it), then run the month again."
+            ) from exc
         raise dg.Failure(
             f"shard file {path} cannot be opened ({exc}). It holds model calls a shard made; if it is "
             "damaged, move it out of the folder and run the month again (its calls will be made again)."
         ) from exc
+
+
+def _complete(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the attached shard file got its tables (a plan stopped while writing it leaves one without)."""
+    (tables,) = conn.execute(
+        "SELECT COUNT(*) FROM duckdb_tables() WHERE database_name = 'shard' AND table_name IN ('model_calls', 'copied_calls')"
+    ).fetchone()
+    return tables == 2
 
 
 def _merge_attached_calls(conn: duckdb.DuckDBPyConnection) -> int:
@@ -130,7 +150,8 @@ def salvage(conn: duckdb.DuckDBPyConnection, folder: Path, asset: str, month: st
     for path in leftover_files(folder, asset, month):
         _attach(conn, path, read_only=True)
         try:
-            kept += _in_transaction(conn, lambda: _merge_attached_calls(conn))
+            if _complete(conn):  # an incomplete file was never labeled in: no call to keep
+                kept += _in_transaction(conn, lambda: _merge_attached_calls(conn))
         finally:
             conn.execute("DETACH shard")
         remove(path)
@@ -138,9 +159,10 @@ def salvage(conn: duckdb.DuckDBPyConnection, folder: Path, asset: str, month: st
 
 
 def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, earlier_tables: list[str],
-           tier_name: str) -> None:
+           provider: str, model: str) -> None:
     """Write the shard file: the shard's items, their earlier answers, the month's calibrations, and the
-    stored calls whose first item falls in the shard's range (those the shard may reuse)."""
+    stored calls of the tier's provider and model whose first item falls in the shard's range, whatever
+    their month or tier name (the call cache's key has neither): those the shard may reuse."""
     path = Path(spec.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove(path)
@@ -163,23 +185,43 @@ def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, e
                      window)
         # Calls stored before first_item was recorded have none: every shard may reuse them.
         conn.execute(
-            "INSERT INTO shard.model_calls BY NAME SELECT * FROM model_calls WHERE month = ? AND tier = ? "
+            "INSERT INTO shard.model_calls BY NAME SELECT * FROM model_calls WHERE provider = ? AND model = ? "
             f"AND status IN ('ok', 'partial') AND ({spec.in_range('first_item')} OR first_item IS NULL)",
-            [window[0], tier_name],
+            [provider, model],
         )
         conn.execute("INSERT INTO shard.copied_calls SELECT call_id FROM shard.model_calls")
     finally:
         conn.execute("DETACH shard")
 
 
+def fingerprint(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, earlier_tables: list[str]) -> str:
+    """What the shard's labels depend on in the warehouse: its items and their earlier tiers' answers.
+    The collect step compares it with the plan's, so a re-execution never merges labels of inputs that
+    changed in between (e.g. the first pass rematerialized before a failed QA run is re-executed)."""
+    window = [naive_utc(spec.start), naive_utc(spec.end)]
+    parts = [conn.execute(
+        f"SELECT COUNT(*), COALESCE(bit_xor(hash(item_id, content_hash)), 0) FROM raw_items "
+        f"WHERE month >= ? AND month < ? AND {spec.in_range()} {todo_sql}", window).fetchone()]
+    for table in earlier_tables:
+        parts.append(conn.execute(
+            f"SELECT COUNT(*), COALESCE(bit_xor(hash(item_id, tier, label, raw_confidence, reason, next_step)), 0) "
+            f"FROM {table} WHERE month >= ? AND month < ? AND {spec.in_range()}", window).fetchone())
+    return ";".join(f"{count}:{digest}" for count, digest in parts)
+
+
 def collect(conn: duckdb.DuckDBPyConnection, spec: ShardSpec) -> int:
     """Merge a finished shard into the warehouse (its rows of the tier table and the calls it made), in
     one transaction, then delete its file. Returns the rows merged."""
     path = Path(spec.path)
+    (merged,) = conn.execute("SELECT COUNT(*) FROM merged_shards WHERE plan_id = ? AND path = ?",
+                             [spec.plan_id, spec.path]).fetchone()
+    if merged:  # a collect step that failed after merging this shard, run again
+        remove(path)
+        return 0
     if not path.exists():
         raise dg.Failure(
             f"shard file {path} is missing: the shard step ran on a machine that does not share this folder, "
-            "or another run collected it. Run the month again; stored calls are reused."
+            "or a newer run of the month took over its calls. Run the month again; stored calls are reused."
         )
     window = [naive_utc(spec.start), naive_utc(spec.end)]
 
@@ -188,6 +230,7 @@ def collect(conn: duckdb.DuckDBPyConnection, spec: ShardSpec) -> int:
         (rows,) = conn.execute(f"SELECT COUNT(*) FROM shard.{spec.asset}").fetchone()
         conn.execute(f"INSERT INTO {spec.asset} BY NAME SELECT * FROM shard.{spec.asset}")
         _merge_attached_calls(conn)
+        conn.execute("INSERT INTO merged_shards VALUES (?, ?, ?, now()::TIMESTAMP)", [spec.plan_id, spec.path, spec.asset])
         return int(rows)
 
     _attach(conn, path, read_only=True)

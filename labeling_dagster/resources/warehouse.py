@@ -63,6 +63,9 @@ TABLES = {
         cache_write_tokens BIGINT, output_tokens BIGINT, usd DOUBLE, latency_s DOUBLE, compute_s DOUBLE,
         batch BOOLEAN, status VARCHAR, error VARCHAR, run_id VARCHAR, created_at TIMESTAMP, response VARCHAR,
         first_item VARCHAR""",
+    # the shards each plan step's collect step has merged (resources/shards.py), so a collect step that
+    # failed halfway and is run again skips what it already merged
+    "merged_shards": "plan_id VARCHAR, path VARCHAR, asset VARCHAR, merged_at TIMESTAMP",
 }
 
 
