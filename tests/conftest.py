@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_llm_server import FakeLLMServer  # noqa: E402
 
 LABELS = {
     "billing": ["my invoice is wrong", "charged twice on my bill", "refund the extra charge", "billing amount incorrect",
@@ -88,3 +93,40 @@ def _no_kept_dagster_home(monkeypatch: pytest.MonkeyPatch) -> None:
     folder existing nor fill its run history. The one test of a kept DAGSTER_HOME sets it itself.
     """
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+# --- paid tiers on the SIMULATED provider server (tests/fake_llm_server.py): test_llm_pipeline, test_shards ---
+
+LOCAL_TIERS = """tiers:
+  - {name: first_pass, role: first_pass, provider: local, model: words, items_per_request: 5, options: {features: words, C: 5}}
+  - {name: qa, role: qa, provider: local, model: chars, items_per_request: 5, options: {features: words+chars, C: 5}}
+"""
+
+
+def paid_tiers(server: FakeLLMServer) -> str:
+    return f"""tiers:
+  - {{name: first_pass, role: first_pass, provider: openai, model: gpt-5-nano, items_per_request: 4,
+      options: {{base_url: "{server.openai_base_url}", max_concurrency: 2}}}}
+  - {{name: qa, role: qa, provider: anthropic, model: claude-haiku-4-5, items_per_request: 4,
+      options: {{base_url: "{server.anthropic_base_url}", api_key_env: TEST_ANTHROPIC_KEY}}}}
+  - {{name: adjudication, role: adjudication, provider: openai, model: gpt-5.2, items_per_request: 4,
+      options: {{base_url: "{server.openai_base_url}"}}}}
+"""
+
+
+@pytest.fixture
+def server():
+    # Every answer at confidence 0.5: the first pass sends everything to QA, QA (qa_accept_at 0.95)
+    # sends it on to adjudication, which (adjudication_accept_at 0.7) sends it to people.
+    with FakeLLMServer(confidence=0.5) as fake:
+        yield fake
+
+
+@pytest.fixture
+def paid_project(tiny_project: Path, server: FakeLLMServer, monkeypatch) -> Path:
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "test-key-for-the-simulated-server")
+    yaml = tiny_project / "project.yaml"
+    text = yaml.read_text().replace(LOCAL_TIERS, paid_tiers(server)).replace("qa_accept_at: 0.4", "qa_accept_at: 0.95")
+    assert "gpt-5-nano" in text
+    yaml.write_text(text)
+    return tiny_project

@@ -17,7 +17,6 @@ from fake_llm_server import FakeLLMServer  # noqa: E402
 
 from labeling_dagster.resources import shards as shards_module  # noqa: E402
 from labeling_dagster.resources.shards import ShardSpec, page_rows, shard_dir, shard_size  # noqa: E402
-from tests.test_llm_pipeline import paid_project, server  # noqa: E402, F401 (fixtures: the paid tiers on the simulated server)
 from tests.test_pipeline import run_month, table  # noqa: E402
 
 TIER_TABLES = ["first_pass_labels", "qa_labels", "adjudicated_labels"]
