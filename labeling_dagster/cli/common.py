@@ -125,7 +125,9 @@ def _execute_in_processes(project_path: str, warehouse: Path, month: str, run_co
     # Step processes share run storage and the outputs the shard steps pass on: a throwaway instance
     # in memory cannot hold them, so one in a temporary folder stands in when DAGSTER_HOME is not set.
     if on_instance.is_ephemeral:
-        on_instance = dg.DagsterInstance.local_temp()
+        # Step processes log their start through the instance's default console logger: at the run's level.
+        level = run_config["loggers"]["console"]["config"]["log_level"]
+        on_instance = dg.DagsterInstance.local_temp(overrides={"python_logs": {"python_log_level": level}})
     job = dg.build_reconstructable_job(
         "labeling_dagster.cli.common", "monthly_job_of", reconstructable_args=(str(project_path), str(warehouse))
     )
