@@ -125,8 +125,15 @@ def test_a_failed_shard_is_resumed_without_paying_again(serial_project: Path, se
     assert not list(shard_dir(str(warehouse)).glob("*.duckdb"))
 
 
-def test_a_shard_that_fails_once_is_retried_on_its_own(serial_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
-    with_scale(serial_project, "{shard_items: 4, shard_retries: 1}")
+@pytest.mark.parametrize("shard_items, refused_text, shard", [
+    (4, "I lost my card 2026-08", "s0003"),  # the shard's only request
+    # Shard 1 is billing (its first request, which succeeds) then cancellation (its second, refused once):
+    # the retry sends only the second again, the first comes from the shard's own stored calls.
+    (8, "cancel my subscription 2026-08", "s0001"),
+])
+def test_a_shard_that_fails_once_is_retried_on_its_own(serial_project: Path, server: FakeLLMServer, tmp_path: Path,
+                                                       shard_items: int, refused_text: str, shard: str) -> None:
+    with_scale(serial_project, f"{{shard_items: {shard_items}, shard_retries: 1}}")
     clean = tmp_path / "clean.duckdb"
     assert run_month(serial_project, clean).success
     clean_requests = first_pass_requests(server)
@@ -135,7 +142,7 @@ def test_a_shard_that_fails_once_is_retried_on_its_own(serial_project: Path, ser
     refused: list[str] = []
 
     def refuse_once(user: str) -> bool:
-        if refuse_card_lost(user) and not refused:
+        if refused_text in user and not refused:
             refused.append(user)
             return True
         return False
@@ -145,7 +152,7 @@ def test_a_shard_that_fails_once_is_retried_on_its_own(serial_project: Path, ser
     result = run_month(serial_project, warehouse)
     assert result.success and refused
     retried = [event.step_key for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-    assert retried == ["first_pass_labels.first_pass_labels_shard[m2026_08_s0003]"]
+    assert retried == [f"first_pass_labels.first_pass_labels_shard[m2026_08_{shard}]"]
     assert first_pass_requests(server) == clean_requests + 1
     assert tier_rows(warehouse) == tier_rows(clean)
 
