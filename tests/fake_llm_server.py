@@ -411,6 +411,7 @@ class FakeLLMServer:
         if self.latency is not None:
             time.sleep(self.latency())
         cache_read = cache_write = 0
+        one_hour = any((block.get("cache_control") or {}).get("ttl") == "1h" for block in system_blocks)
         if any(block.get("cache_control") for block in system_blocks) and prefix_tokens >= self.cache_min_tokens:
             key = hashlib.sha256((body["model"] + json.dumps(tools) + system).encode()).hexdigest()
             with self._lock:
@@ -436,6 +437,8 @@ class FakeLLMServer:
             "usage": {
                 "input_tokens": total_input - cache_read - cache_write,
                 "cache_creation_input_tokens": cache_write,
+                "cache_creation": {"ephemeral_1h_input_tokens": cache_write if one_hour else 0,
+                                   "ephemeral_5m_input_tokens": 0 if one_hour else cache_write},
                 "cache_read_input_tokens": cache_read,
                 "output_tokens": count_tokens(output_text),
             },

@@ -77,6 +77,24 @@ def test_usage_adds_cache_reads_and_writes_into_input_tokens(server):
     assert usd == pytest.approx((fresh * 1.0 + second.usage.cached_input_tokens * 0.10 + second.usage.output_tokens * 5.0) / 1e6)
 
 
+def test_one_hour_cache_writes_are_priced_at_their_own_rate(server):
+    provider = AnthropicProvider(api_key="k")
+    five = provider.label_batch(task(tier(server)))
+    server._seen_prefixes.clear()  # the simulated cache forgets, so the next call writes again
+    hour = provider.label_batch(task(tier(server, cache_ttl="1h")))
+    assert five.usage.cache_write_tokens > 0 and five.usage.cache_write_1h_tokens == 0
+    assert hour.usage.cache_write_1h_tokens == hour.usage.cache_write_tokens > 0
+    price = builtin_catalog().price("claude-haiku-4-5")  # writes: 1.25 (5 minutes), 2.00 (1 hour) per 1M
+
+    def usd(usage) -> float:
+        return call_usd(price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                        cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens,
+                        cache_write_1h_tokens=usage.cache_write_1h_tokens)
+
+    written = hour.usage.cache_write_tokens
+    assert usd(hour.usage) - usd(five.usage) == pytest.approx(written * (2.00 - 1.25) / 1e6)
+
+
 def test_one_hour_cache_and_output_format_mode(server):
     AnthropicProvider(api_key="k").label_batch(task(tier(server, cache_ttl="1h", structured="output_format")))
     body = server.calls("/v1/messages")[0].body

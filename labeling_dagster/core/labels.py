@@ -51,6 +51,7 @@ class Usage:
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written with a 1-hour lifetime (Anthropic)
 
 
 @dataclass(frozen=True)

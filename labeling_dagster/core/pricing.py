@@ -26,7 +26,10 @@ class ModelPrice(BaseModel):
         default=None, ge=0, description="USD per 1M cache-read input tokens; None means no discount"
     )
     cache_write: float | None = Field(
-        default=None, ge=0, description="USD per 1M cache-write input tokens (Anthropic); None means input price"
+        default=None, ge=0, description="USD per 1M cache-write input tokens (Anthropic, 5-minute lifetime); None means input price"
+    )
+    cache_write_1h: float | None = Field(
+        default=None, ge=0, description="USD per 1M cache-write input tokens with a 1-hour lifetime; None means cache_write"
     )
     batch_discount: float = Field(default=0.0, ge=0, lt=1, description="share off with the provider's batch API")
     context: int | None = None
@@ -68,17 +71,22 @@ def call_usd(
     output_tokens: int,
     cached_input_tokens: int = 0,
     cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
     batch: bool = False,
 ) -> float:
     """USD for one call. `input_tokens` counts every prompt token, cached ones included, as
-    OpenAI reports it; cached and cache-write tokens are billed at their own prices."""
+    OpenAI reports it; cached and cache-write tokens are billed at their own prices, the cache writes
+    with a 1-hour lifetime (a part of `cache_write_tokens`) at theirs."""
     fresh = max(input_tokens - cached_input_tokens - cache_write_tokens, 0)
     cached_rate = price.input if price.cached_input is None else price.cached_input
     write_rate = price.input if price.cache_write is None else price.cache_write
+    write_1h_rate = write_rate if price.cache_write_1h is None else price.cache_write_1h
+    hour = min(cache_write_1h_tokens, cache_write_tokens)
     usd = (
         fresh * price.input
         + cached_input_tokens * cached_rate
-        + cache_write_tokens * write_rate
+        + (cache_write_tokens - hour) * write_rate
+        + hour * write_1h_rate
         + output_tokens * price.output
     ) / 1_000_000
     return usd * (1 - price.batch_discount) if batch else usd

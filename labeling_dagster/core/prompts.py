@@ -310,6 +310,7 @@ def add_usage(a: Usage, b: Usage) -> Usage:
         cached_input_tokens=a.cached_input_tokens + b.cached_input_tokens,
         cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
         output_tokens=a.output_tokens + b.output_tokens,
+        cache_write_1h_tokens=a.cache_write_1h_tokens + b.cache_write_1h_tokens,
     )
 
 

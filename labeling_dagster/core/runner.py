@@ -131,6 +131,7 @@ def run_tier(
                     output_tokens=usage.output_tokens,
                     cached_input_tokens=usage.cached_input_tokens,
                     cache_write_tokens=usage.cache_write_tokens,
+                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
                     batch=outcome.batch,
                 )
             cache.put(

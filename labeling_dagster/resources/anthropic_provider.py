@@ -160,11 +160,14 @@ def _reply(message: Message) -> Reply:
     usage = message.usage
     cache_read = usage.cache_read_input_tokens or 0
     cache_write = usage.cache_creation_input_tokens or 0
+    # The split by lifetime, when the API reports it: 1-hour writes cost more than 5-minute ones.
+    written_1h = (usage.cache_creation.ephemeral_1h_input_tokens or 0) if usage.cache_creation else 0
     reported = Usage(
         input_tokens=usage.input_tokens + cache_read + cache_write,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
         output_tokens=usage.output_tokens,
+        cache_write_1h_tokens=written_1h,
     )
     note = {
         "max_tokens": "the answer was cut at the output token limit (options.max_output_tokens)",
