@@ -101,9 +101,17 @@ def refuse_card_lost(user: str) -> bool:
 def test_a_failed_shard_is_resumed_without_paying_again(serial_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:
     with_scale(serial_project, "{shard_items: 4, shard_retries: 0}")
     clean = tmp_path / "clean.duckdb"
-    assert run_month(serial_project, clean).success
+    first = run_month(serial_project, clean)
+    assert first.success
     clean_requests = first_pass_requests(server)
+    golden_requests = table(clean, "SELECT COUNT(*) FROM model_calls WHERE tier = 'first_pass' AND first_item LIKE 'golden%'")[0][0]
     clean_usd = table(clean, "SELECT SUM(usd) FROM cost_ledger")[0][0]
+
+    # The tier's provider counters add up over its four shards, each counted once.
+    requests = {event.asset_key.to_user_string(): event.materialization.metadata["provider_requests"].value
+                for event in first.get_asset_materialization_events()
+                if event.asset_key.to_user_string() == "first_pass_labels"}
+    assert requests == {"first_pass_labels": clean_requests - golden_requests}
 
     server.requests.clear()
     server.refuse = refuse_card_lost

@@ -245,6 +245,7 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
             "on a machine that does not share the folder. Run the month again; stored calls are reused.",
             allow_retries=False,
         )
+    stats_before = providers[tier.provider].stats(tier.name).__dict__ if tier.provider != "local" else {}
     made_here = ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ? "
                  "AND call_id NOT IN (SELECT call_id FROM copied_calls)")
     with duckdb.connect(shard.path) as conn:
@@ -295,7 +296,9 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
             totals["budget_stopped"] += result.budget_stopped
             log.info(f"{shard.month} {stage.role} shard {shard.index + 1}/{shard.count}: {totals['items']}/{shard.items} "
                      f"items, {result.calls_made} calls made, {len(result.reused_calls)} reused, ${result.usd_paid:.4f} paid")
-    stats = providers[tier.provider].stats(tier.name).__dict__ if tier.provider != "local" else {}
+    after = providers[tier.provider].stats(tier.name).__dict__ if tier.provider != "local" else {}
+    # A provider resource lives as long as its process: in process, its counts add up over the shards.
+    stats = {name: value - stats_before.get(name, 0) for name, value in after.items()}
     return {"shard": shard, **totals, "routes": routes, "failure_reasons": failure_reasons, "stats": stats}
 
 
