@@ -262,3 +262,23 @@ def test_tier_costs_price_the_project_tiers() -> None:
     assert batched.first_pass_usd == pytest.approx((100 * 0.05 + 600 * 0.005 + 40 * 0.40) / 1_000_000 / 2)
     local = project.model_copy(update={"tiers": [project.tiers[0].model_copy(update={"provider": "local", "model": "words"})]})
     assert tier_costs(local, {}).first_pass_usd == 0.0
+
+
+def test_held_out_half_measures_bands_chosen_on_the_other_half() -> None:
+    frame = random_golden_set(7, n=240)
+    golden = GoldenAnswers.from_frame(frame)
+    result = recommend_bands(golden, COSTS, target_accuracy=0.9, items_per_month=1000)
+    check = result.held_out
+    assert check is not None and check.chosen_on + check.measured_on == 240 and min(check.chosen_on, check.measured_on) > 90
+    # The same thing by hand: search one half, route the other half item by item with those bands.
+    choose_on, measure_on = golden.halves()
+    assert set(choose_on.item_id) | set(measure_on.item_id) == set(golden.item_id) and not set(choose_on.item_id) & set(measure_on.item_id)
+    half = recommend_bands(choose_on, COSTS, target_accuracy=0.9, items_per_month=1000, check_held_out=False)
+    assert half.held_out is None
+    measured = evaluate_bands(measure_on, COSTS, half.outcome.routing, items_per_month=1000)
+    assert check.accuracy_where_chosen == pytest.approx(half.outcome.expected_accuracy)
+    assert check.accuracy_held_out == pytest.approx(measured.expected_accuracy)
+    assert "# held out: bands chosen on" in result.to_yaml_snippet()
+    assert result.as_json()["held_out"]["measured_on"] == check.measured_on
+    # Too few golden items to halve: no check, said by its absence.
+    assert recommend_bands(GoldenAnswers.from_frame(known_golden_set()), COSTS, target_accuracy=1.0).held_out is None

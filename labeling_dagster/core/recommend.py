@@ -9,9 +9,10 @@ figures are recomputed item by item through the routing functions themselves.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Literal
 
@@ -115,6 +116,19 @@ class GoldenAnswers:
 
     def __len__(self) -> int:
         return len(self.item_id)
+
+    def subset(self, keep: np.ndarray) -> GoldenAnswers:
+        """The golden items where `keep` is True."""
+        arrays = {name: getattr(self, name)[keep] for name in (
+            "item_id", "gold", "first_pass_label", "first_pass_confidence", "qa_label", "qa_confidence",
+            "adjudication_label", "adjudication_confidence", "forced_human")}
+        return replace(self, **arrays)
+
+    def halves(self) -> tuple[GoldenAnswers, GoldenAnswers]:
+        """Two halves by a hash of the item id: the same split on every run and machine."""
+        first = np.array([int(hashlib.sha256(item.encode()).hexdigest()[:8], 16) % 2 == 0 for item in self.item_id],
+                         dtype=bool)
+        return self.subset(first), self.subset(~first)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> GoldenAnswers:
@@ -521,6 +535,22 @@ def _search(
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """How bands chosen on one half of the golden items do on the other half: the recommender's figures
+    are measured on the items it chose the bands on, so they lean optimistic; this says by how much."""
+
+    chosen_on: int
+    measured_on: int
+    accuracy_where_chosen: float
+    accuracy_held_out: float
+    human_share_held_out: float
+    usd_per_item_held_out: float
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class Recommendation:
     """The bands the recommender proposes (or, when nothing reaches the goal, the closest ones), with
     their figures on the golden set, and the current bands' figures for comparison."""
@@ -535,6 +565,7 @@ class Recommendation:
     human_accuracy: float
     max_human_share: float
     candidates: int
+    held_out: HeldOut | None = None  # None when the golden set is too small to halve
 
     def to_yaml_snippet(self) -> str:
         """The `routing:` block to paste into the project file: the recommended bands, with the
@@ -557,6 +588,13 @@ class Recommendation:
                 else "."
             ),
         ]
+        if self.held_out is not None:
+            check = self.held_out
+            header.append(
+                f"# held out: bands chosen on {check.chosen_on} golden items the same way reach "
+                f"{check.accuracy_where_chosen:.3f} there and {check.accuracy_held_out:.3f} on the other "
+                f"{check.measured_on} (to people {check.human_share_held_out:.1%})."
+            )
         if not self.reached:
             header.append(f"# {self.reason}")
         return "\n".join(header) + "\n" + yaml.safe_dump({"routing": block}, sort_keys=False, default_flow_style=False)
@@ -573,6 +611,7 @@ class Recommendation:
             "candidates": self.candidates,
             "recommended": self.outcome.as_json(),
             "current": self.current.as_json(),
+            "held_out": self.held_out.as_json() if self.held_out is not None else None,
         }
 
 
@@ -588,6 +627,7 @@ def recommend_bands(
     max_human_share: float = 1.0,
     max_cuts: int = 40,
     max_accept_cuts: int = 12,
+    check_held_out: bool = True,
 ) -> Recommendation:
     """Choose accept_at, qa_at, adjudicate_at, qa_accept_at and adjudication_accept_at.
 
@@ -601,7 +641,10 @@ def recommend_bands(
     `routing` is the project's current routing: its rules (risky labels, audit rate) apply to every
     candidate and its bands are evaluated as `current`. Candidate thresholds come from the golden
     confidences (at most `max_cuts` per band, `max_accept_cuts` for the QA and adjudication accept
-    thresholds); the search is exhaustive over them and deterministic."""
+    thresholds); the search is exhaustive over them and deterministic.
+
+    With `check_held_out` and at least twice MIN_GOLDEN_ANSWERS golden items, the same search also
+    runs on one half of the golden items and its bands are measured on the other half (`held_out`)."""
     if (target_accuracy is None) == (monthly_budget_usd is None):
         raise ValueError("give exactly one of target_accuracy (e.g. 0.95) or monthly_budget_usd")
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
@@ -645,6 +688,22 @@ def recommend_bands(
             f" Only {len(golden)} golden items: every figure moves by 1/{len(golden)} per item; "
             f"label at least {MIN_GOLDEN_ANSWERS} before trusting these bands."
         )
+    held_out = None
+    if check_held_out and len(golden) >= 2 * MIN_GOLDEN_ANSWERS:
+        choose_on, measure_on = golden.halves()
+        try:
+            half = recommend_bands(
+                choose_on, costs, target_accuracy=target_accuracy, monthly_budget_usd=monthly_budget_usd,
+                items_per_month=items_per_month, routing=routing, human_accuracy=human_accuracy,
+                max_human_share=max_human_share, max_cuts=max_cuts, max_accept_cuts=max_accept_cuts,
+                check_held_out=False,
+            )
+            measured = evaluate_bands(measure_on, costs, half.outcome.routing, human_accuracy=human_accuracy,
+                                      items_per_month=items_per_month)
+            held_out = HeldOut(len(choose_on), len(measure_on), half.outcome.expected_accuracy,
+                               measured.expected_accuracy, measured.settled["human"], measured.usd_per_item)
+        except ValueError:  # a half the search cannot use (e.g. no answer of a tier in it): no check
+            held_out = None
     return Recommendation(
         mode="target" if target_accuracy is not None else "budget",
         reached=reached,
@@ -656,6 +715,7 @@ def recommend_bands(
         human_accuracy=human_accuracy,
         max_human_share=max_human_share,
         candidates=candidates,
+        held_out=held_out,
     )
 
 

@@ -117,6 +117,10 @@ def build_report(
         for label, outcome in (("recommended", recommendation.outcome), ("current", recommendation.current)):
             rows.append({"section": label, "tier": "", "name": "expected_accuracy", "value": outcome.expected_accuracy,
                          "detail": json.dumps(outcome.as_json(), default=str)})
+        if recommendation.held_out is not None:
+            rows.append({"section": "recommended", "tier": "", "name": "held_out_accuracy",
+                         "value": recommendation.held_out.accuracy_held_out,
+                         "detail": json.dumps(recommendation.held_out.as_json())})
         note = recommendation.reason
     confusion = [frame for frame in confusion if len(frame)]  # a tier with no golden answer adds no cell
     return QualityReport(rows, accuracy, pd.concat(confusion, ignore_index=True) if confusion else pd.DataFrame(),
