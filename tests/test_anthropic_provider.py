@@ -163,3 +163,31 @@ def test_errored_batch_requests_fail_their_items(server):
     assert first.status == "error" and first.failures == {"t0": "batch request failed: simulated failure"}
     assert labels(second) == {"t1": "exchange_rate"} and second.batch
     assert len(server.calls("/v1/messages/batches")) == 1
+
+
+def test_one_hour_writes_without_a_one_hour_price_and_usage_from_a_gateway() -> None:
+    from anthropic.types import Message
+
+    from labeling_dagster.core.labels import CallOutcome, Usage
+    from labeling_dagster.core.pricing import ModelPrice
+    from labeling_dagster.resources.anthropic_provider import _reply
+
+    # A project's `prices:` entry from before the 1-hour price: Anthropic's 2x input, not the 5-minute 1.25x.
+    old_entry = ModelPrice(provider="anthropic", input=1.0, output=5.0, cached_input=0.1, cache_write=1.25)
+    assert call_usd(old_entry, input_tokens=1_000_000, output_tokens=0, cache_write_tokens=1_000_000,
+                    cache_write_1h_tokens=1_000_000) == pytest.approx(2.0)
+    other = ModelPrice(provider="someone", input=1.0, output=5.0, cache_write=1.5)
+    assert call_usd(other, input_tokens=1_000_000, output_tokens=0, cache_write_tokens=1_000_000,
+                    cache_write_1h_tokens=1_000_000) == pytest.approx(1.5)
+    # A gateway that reports only the split by lifetime: the writes still count.
+    message = Message.model_validate({
+        "id": "m", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "stop_reason": "end_turn",
+        "stop_sequence": None, "content": [{"type": "text", "text": "{}"}],
+        "usage": {"input_tokens": 10, "output_tokens": 3, "cache_creation_input_tokens": None, "cache_read_input_tokens": 0,
+                  "cache_creation": {"ephemeral_1h_input_tokens": 400, "ephemeral_5m_input_tokens": 100}},
+    })
+    usage = _reply(message).usage
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens, usage.input_tokens) == (500, 400, 510)
+    # A stored call read by a version that does not know a newer usage field still loads.
+    stored = CallOutcome(answers=[], usage=Usage(input_tokens=5)).to_json().replace('"input_tokens": 5', '"input_tokens": 5, "newer": 1')
+    assert '"newer": 1' in stored and CallOutcome.from_json(stored).usage.input_tokens == 5

@@ -54,6 +54,9 @@ class Usage:
     cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written with a 1-hour lifetime (Anthropic)
 
 
+_USAGE_FIELDS = set(Usage.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class LabelTask:
     taxonomy: Taxonomy
@@ -98,7 +101,8 @@ class CallOutcome:
                 for answer in raw["answers"]
             ],
             failures=raw["failures"],
-            usage=Usage(**raw["usage"]),
+            # fields a newer version added are left out, so an older one can still read its rows
+            usage=Usage(**{key: value for key, value in raw["usage"].items() if key in _USAGE_FIELDS}),
             latency_s=raw["latency_s"],
             compute_s=raw["compute_s"],
             batch=raw["batch"],

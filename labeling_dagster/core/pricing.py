@@ -29,7 +29,9 @@ class ModelPrice(BaseModel):
         default=None, ge=0, description="USD per 1M cache-write input tokens (Anthropic, 5-minute lifetime); None means input price"
     )
     cache_write_1h: float | None = Field(
-        default=None, ge=0, description="USD per 1M cache-write input tokens with a 1-hour lifetime; None means cache_write"
+        default=None, ge=0,
+        description="USD per 1M cache-write input tokens with a 1-hour lifetime; None: 2x input for Anthropic "
+        "(its published multiplier), else cache_write",
     )
     batch_discount: float = Field(default=0.0, ge=0, lt=1, description="share off with the provider's batch API")
     context: int | None = None
@@ -80,7 +82,9 @@ def call_usd(
     fresh = max(input_tokens - cached_input_tokens - cache_write_tokens, 0)
     cached_rate = price.input if price.cached_input is None else price.cached_input
     write_rate = price.input if price.cache_write is None else price.cache_write
-    write_1h_rate = write_rate if price.cache_write_1h is None else price.cache_write_1h
+    write_1h_rate = price.cache_write_1h
+    if write_1h_rate is None:  # e.g. a project's `prices:` entry written before the 1-hour price existed
+        write_1h_rate = 2 * price.input if price.provider == "anthropic" else write_rate
     hour = min(cache_write_1h_tokens, cache_write_tokens)
     usd = (
         fresh * price.input

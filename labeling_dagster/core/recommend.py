@@ -593,7 +593,9 @@ class Recommendation:
             header.append(
                 f"# held out: bands chosen on {check.chosen_on} golden items the same way reach "
                 f"{check.accuracy_where_chosen:.3f} there and {check.accuracy_held_out:.3f} on the other "
-                f"{check.measured_on} (to people {check.human_share_held_out:.1%})."
+                f"{check.measured_on} (to people {check.human_share_held_out:.1%})"
+                + (f"; under {MIN_GOLDEN_ANSWERS} items a half, read with care." if min(check.chosen_on, check.measured_on)
+                   < MIN_GOLDEN_ANSWERS else ".")
             )
         if not self.reached:
             header.append(f"# {self.reason}")
@@ -702,7 +704,7 @@ def recommend_bands(
                                       items_per_month=items_per_month)
             held_out = HeldOut(len(choose_on), len(measure_on), half.outcome.expected_accuracy,
                                measured.expected_accuracy, measured.settled["human"], measured.usd_per_item)
-        except ValueError:  # a half the search cannot use (e.g. no answer of a tier in it): no check
+        except Exception:  # advisory: a half the search cannot use never costs the recommendation itself
             held_out = None
     return Recommendation(
         mode="target" if target_accuracy is not None else "budget",

@@ -159,9 +159,11 @@ def _reply(message: Message) -> Reply:
     core.pricing.call_usd expects (Anthropic reports the three apart)."""
     usage = message.usage
     cache_read = usage.cache_read_input_tokens or 0
-    cache_write = usage.cache_creation_input_tokens or 0
-    # The split by lifetime, when the API reports it: 1-hour writes cost more than 5-minute ones.
+    # The split by lifetime, when the API reports it: 1-hour writes cost more than 5-minute ones. A
+    # gateway that reports only the split still has its writes counted.
     written_1h = (usage.cache_creation.ephemeral_1h_input_tokens or 0) if usage.cache_creation else 0
+    written_5m = (usage.cache_creation.ephemeral_5m_input_tokens or 0) if usage.cache_creation else 0
+    cache_write = max(usage.cache_creation_input_tokens or 0, written_1h + written_5m)
     reported = Usage(
         input_tokens=usage.input_tokens + cache_read + cache_write,
         cached_input_tokens=cache_read,
