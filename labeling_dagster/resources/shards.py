@@ -20,8 +20,8 @@ import dagster as dg
 import duckdb
 
 from labeling_dagster.resources.warehouse import (
+    CALL_COLUMNS,
     CHUNK_ROWS,
-    TABLES,
     ensure_tables,
     naive_utc,
 )
@@ -124,11 +124,10 @@ def _complete(conn: duckdb.DuckDBPyConnection) -> bool:
 
 def _merge_attached_calls(conn: duckdb.DuckDBPyConnection) -> int:
     """Copy the calls the attached shard made (not those the plan copied into it) into the call cache."""
-    columns = ", ".join(column.split()[0] for column in TABLES["model_calls"].split(","))
     new = "FROM shard.model_calls WHERE call_id NOT IN (SELECT call_id FROM shard.copied_calls)"
     (count,) = conn.execute(f"SELECT COUNT(*) {new}").fetchone()
     conn.execute(f"DELETE FROM model_calls WHERE call_id IN (SELECT call_id {new})")
-    conn.execute(f"INSERT INTO model_calls ({columns}) SELECT {columns} {new}")
+    conn.execute(f"INSERT INTO model_calls ({CALL_COLUMNS}) SELECT {CALL_COLUMNS} {new}")
     return int(count)
 
 
