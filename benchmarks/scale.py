@@ -128,7 +128,7 @@ def run_one(items: int, provider: str, workdir: Path, fmt: str, seed: int, row_f
 
     project_file, gen_s, rejected_expected = _inbox(workdir, items, fmt, seed)
     project = load_project(project_file)
-    warehouse = project.warehouse_path
+    warehouse = Path(project.warehouse_location)
     for stale in (warehouse, warehouse.with_name(warehouse.name + ".wal")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(project.exports_path, ignore_errors=True)

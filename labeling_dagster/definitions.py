@@ -15,7 +15,7 @@ from labeling_dagster.resources.anthropic_provider import AnthropicProvider
 from labeling_dagster.resources.local_model import LocalModelProvider
 from labeling_dagster.resources.openai_provider import OpenAIProvider
 from labeling_dagster.resources.project import ProjectResource
-from labeling_dagster.resources.warehouse import Warehouse
+from labeling_dagster.resources.warehouse import Warehouse, check_location
 from labeling_dagster.schedules import (
     label_model_job,
     label_model_schedule,
@@ -67,6 +67,8 @@ def build_definitions(
     project = load_project(project_file)  # fails here, before anything runs, if the file is invalid
     partitions = monthly_partitions(project)
     journal = str(project.root / ".batches")  # open provider batch jobs, so a crashed run collects them
+    location = str(warehouse or project.warehouse_location)  # a DuckDB file or a postgresql:// URL
+    check_location(location)
     job, training = monthly_job(project), label_model_job()
     return dg.Definitions(
         assets=build_assets(partitions, project.scale),
@@ -75,7 +77,7 @@ def build_definitions(
         sensors=[review_sensor(partitions)],
         resources={
             "project": ProjectResource(project_file=str(project_file)),
-            "warehouse": Warehouse(database=str(warehouse or project.warehouse_path)),
+            "warehouse": Warehouse(database=location, shard_folder_path=project.shard_folder_for(location)),
             "local_model": LocalModelProvider(project_file=str(project_file)),
             "openai": OpenAIProvider(
                 api_key=_key("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL"), batch_journal_dir=journal

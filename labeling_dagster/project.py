@@ -227,6 +227,12 @@ class Scale(_Strict):
         description="shards labeled at once, each in its own process (Dagster's multiprocess executor); 1: in process",
     )
     shard_retries: int = Field(default=2, ge=0, le=10, description="automatic retries of a failed shard step")
+    shard_folder: str | None = Field(
+        default=None,
+        description="folder of the shard files between a tier's plan and collect steps, relative to the project "
+        "folder; every machine that runs shard steps must share it (default: <warehouse file>.shards, or "
+        "warehouse.shards in the project folder when the warehouse is PostgreSQL)",
+    )
 
 
 class Budget(_Strict):
@@ -253,7 +259,11 @@ class Project(_Strict):
         "gives it more items than this, e.g. a backfill; None: always online",
     )
     scale: Scale = Scale()
-    warehouse: str = Field(default="warehouse.duckdb", description="DuckDB file, relative to the project folder")
+    warehouse: str = Field(
+        default="warehouse.duckdb",
+        description="DuckDB file, relative to the project folder, or a postgresql://user@host:port/dbname URL "
+        "(its password from PGPASSWORD or ~/.pgpass, never in the file)",
+    )
     exports_dir: str = "exports"
 
     _root: Path = PrivateAttr(default=Path("."))
@@ -310,9 +320,31 @@ class Project(_Strict):
         path = Path(relative)
         return path if path.is_absolute() else self._root / path
 
+    @field_validator("warehouse")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        from labeling_dagster.resources.warehouse import WarehouseError, check_location
+
+        try:
+            check_location(value)
+        except WarehouseError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @property
-    def warehouse_path(self) -> Path:
-        return self.resolve(self.warehouse)
+    def warehouse_location(self) -> str:
+        """The DuckDB file (resolved against the project folder) or the PostgreSQL URL, as given."""
+        from labeling_dagster.resources.warehouse import is_postgres
+
+        return self.warehouse if is_postgres(self.warehouse) else str(self.resolve(self.warehouse))
+
+    def shard_folder_for(self, warehouse: str | Path) -> str | None:
+        """scale.shard_folder resolved; for a PostgreSQL warehouse without one, warehouse.shards here."""
+        from labeling_dagster.resources.warehouse import is_postgres
+
+        if self.scale.shard_folder:
+            return str(self.resolve(self.scale.shard_folder))
+        return str(self.resolve("warehouse.shards")) if is_postgres(warehouse) else None
 
     @property
     def exports_path(self) -> Path:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from labeling_dagster.cli import main
 from labeling_dagster.definitions import build_definitions
+from labeling_dagster.resources.warehouse import connect
 from labeling_dagster.schedules import MONTHLY_JOB
 
 
@@ -19,8 +20,9 @@ def run_month(project: Path, warehouse: Path, month: str = "2026-08", **kwargs) 
     return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), **({"partition_key": f"{month}-01"} | kwargs))
 
 
-def table(warehouse: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
+def table(warehouse: Path | str, sql: str) -> list[tuple]:
+    """Rows of a query on the warehouse: a DuckDB file, or a postgresql:// URL (test_postgres_warehouse)."""
+    with connect(warehouse, read_only=True) as conn:
         return conn.execute(sql).fetchall()
 
 

@@ -8,8 +8,6 @@ DAGSTER_HOME set, the runs are recorded there and show in the UI's run history a
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-
 import click
 import dagster as dg
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -25,6 +23,8 @@ from labeling_dagster.cli.common import (
     print_summary,
     run_problem,
     train_label_model,
+    warehouse_location,
+    warehouse_option,
 )
 from labeling_dagster.cli.estimate import estimate
 from labeling_dagster.cli.recommend import recommend_command
@@ -53,8 +53,7 @@ def main() -> None:
 @PROJECT_OPTION
 @click.option("--month", "first", required=True, help="First month to label, YYYY-MM.")
 @click.option("--to", "last", default=None, help="Last month to label, YYYY-MM (default: --month).")
-@click.option("--warehouse", type=click.Path(), default=None,
-              help="DuckDB file to write (default: the project's `warehouse`, relative to its folder).")
+@warehouse_option()
 @click.option("--verbose", is_flag=True, help="Show Dagster's step logs as well as the progress bar.")
 def run(project_path: str, first: str, last: str | None, warehouse: str | None, verbose: bool) -> None:
     """Materialize every monthly asset for each month from --month to --to, one run per month
@@ -75,7 +74,7 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
         check_paid_tiers(project)
     except ProviderConfigError as exc:
         fail(str(exc))
-    warehouse_path = Path(warehouse) if warehouse else project.warehouse_path
+    warehouse_path = warehouse_location(project, warehouse)
     out = console()
     on_instance = instance()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -104,13 +103,12 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
 @PROJECT_OPTION
 @click.option("--month", "first", required=True, help="First month, YYYY-MM.")
 @click.option("--to", "last", default=None, help="Last month, YYYY-MM (default: --month).")
-@click.option("--warehouse", type=click.Path(exists=True), default=None, help="DuckDB file to read.")
+@warehouse_option()
 def summary(project_path: str, first: str, last: str | None, warehouse: str | None) -> None:
     """Print the per-month summary of months already labeled."""
     project = load(project_path)
-    path = Path(warehouse) if warehouse else project.warehouse_path
-    if not path.exists():
-        fail(f"{path} does not exist; run `labeling run --project {project_path} --month {first}` first")
+    path = warehouse_location(project, warehouse, must_exist=True,
+                              then=f"run `labeling run --project {project_path} --month {first}` first")
     print_summary(project, path, months_between(project, first, last), console())
 
 

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import click
 import dagster as dg
 import duckdb
 from dagster._core.execution.execution_result import (
@@ -19,6 +20,12 @@ from rich.table import Table
 
 from labeling_dagster.cli.summary import month_summary, summary_frame
 from labeling_dagster.project import Project, ProjectFileError, load_project
+from labeling_dagster.resources.warehouse import (
+    WarehouseError,
+    check_location,
+    connect,
+    warehouse_exists,
+)
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -34,6 +41,36 @@ def console() -> Console:
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
     sys.exit(code)
+
+
+def warehouse_option(*, help_text: str = "") -> click.Option:
+    """--warehouse: a DuckDB file or a postgresql:// URL; LABELING_WAREHOUSE as for `dagster dev`."""
+    return click.option(
+        "--warehouse", default=None, envvar="LABELING_WAREHOUSE",
+        help=help_text or "DuckDB file or postgresql://user@host:port/dbname URL (default: the project's "
+        "`warehouse`; env LABELING_WAREHOUSE). A PostgreSQL password comes from PGPASSWORD or ~/.pgpass.",
+    )
+
+
+def warehouse_location(project: Project, given: str | None, *, must_exist: bool = False, then: str = "") -> str:
+    """The warehouse a command uses: --warehouse / LABELING_WAREHOUSE, else the project's."""
+    location = given or project.warehouse_location
+    try:
+        check_location(location)
+    except WarehouseError as exc:
+        fail(str(exc))
+    if must_exist and not warehouse_exists(location):
+        fail(f"{location} does not exist; {then or 'label the month first with `labeling run`'}")
+    return location
+
+
+def open_warehouse(location: str) -> duckdb.DuckDBPyConnection:
+    """The warehouse for reading, or a clear exit when it cannot be opened."""
+    try:
+        return connect(location, read_only=True)
+    except (WarehouseError, duckdb.Error) as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
 
 
 def months_between(project: Project, first: str, last: str | None) -> list[str]:
@@ -63,8 +100,8 @@ def load(project_path: str) -> Project:
         raise  # unreachable: fail() exits
 
 
-def print_summary(project: Project, warehouse: Path, months: list[str], console: Console) -> None:
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
+def print_summary(project: Project, warehouse: str, months: list[str], console: Console) -> None:
+    with open_warehouse(warehouse) as conn:
         frame = summary_frame([month_summary(conn, project, month) for month in months])
     table = Table(title=f"{project.name}: monthly summary", title_justify="left")
     table.add_column("")
@@ -103,7 +140,7 @@ def monthly_job_of(project_path: str, warehouse: str) -> dg.JobDefinition:
     return build_definitions(project_path, warehouse).resolve_job_def(MONTHLY_JOB)
 
 
-def execute_month(project_path: str, warehouse: Path, month: str, *, selection: list[str] | None = None,
+def execute_month(project_path: str, warehouse: str, month: str, *, selection: list[str] | None = None,
                   verbose: bool = False, on_instance: dg.DagsterInstance | None = None) -> ExecutionResult:
     """One month of the monthly job (or of `selection`, asset names). In process; with
     scale.parallel_shards > 1, each step in its own process, that many shard steps at once."""
@@ -120,7 +157,7 @@ def execute_month(project_path: str, warehouse: Path, month: str, *, selection: 
     )
 
 
-def _execute_in_processes(project_path: str, warehouse: Path, month: str, run_config: dict,
+def _execute_in_processes(project_path: str, warehouse: str, month: str, run_config: dict,
                           assets: list[dg.AssetKey] | None, on_instance: dg.DagsterInstance) -> ExecutionResult:
     # Step processes share run storage and the outputs the shard steps pass on: a throwaway instance
     # in memory cannot hold them, so one in a temporary folder stands in when DAGSTER_HOME is not set.
@@ -136,7 +173,7 @@ def _execute_in_processes(project_path: str, warehouse: Path, month: str, run_co
         return result
 
 
-def train_label_model(project_path: str, warehouse: Path, *, verbose: bool = False,
+def train_label_model(project_path: str, warehouse: str, *, verbose: bool = False,
                       on_instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     """Materialize the `models` group (golden_set, label_model) once, before the months that use them."""
     from labeling_dagster.definitions import build_definitions

@@ -146,7 +146,7 @@ def _project_estimate(project_path: str | None, month: str | None, as_json: bool
         raise click.UsageError("--project and --month go together")
     project = load(project_path)
     months_between(project, month, None)
-    bill = month_bill(project, month, project.warehouse_path)
+    bill = month_bill(project, month, project.warehouse_location)
     if as_json:
         click.echo(json.dumps(bill, indent=2, default=str))
         return

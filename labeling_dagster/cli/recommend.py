@@ -5,42 +5,49 @@ golden run in the warehouse and the prompts built for the month's real items."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
-import duckdb
 import pandas as pd
 from rich.table import Table
 
-from labeling_dagster.cli.common import console, fail, load, months_between
+from labeling_dagster.cli.common import (
+    console,
+    fail,
+    load,
+    months_between,
+    open_warehouse,
+    warehouse_location,
+    warehouse_option,
+)
 from labeling_dagster.core.labels import Item, LabelTask, PriorAnswer
 from labeling_dagster.core.prompts import build_prompt, estimated_output_tokens
 from labeling_dagster.core.recommend import GoldenAnswers, Recommendation, evaluate_bands, tier_costs
 from labeling_dagster.core.report import golden_answers_frame, recommend
 from labeling_dagster.core.sources import read_month
 from labeling_dagster.project import Project
+from labeling_dagster.resources.warehouse import warehouse_exists
 
 SAMPLE = 2000  # items whose prompts are built; per-item figures scale to the month
 
 
-def _golden(project: Project, warehouse: Path, month: str) -> pd.DataFrame:
-    if not warehouse.exists():
+def _golden(project: Project, warehouse: str, month: str) -> pd.DataFrame:
+    if not warehouse_exists(warehouse):
         fail(f"{warehouse} does not exist; run `labeling run --project ... --month {month}` first (it does the golden run)")
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
+    with open_warehouse(warehouse) as conn:
         golden = conn.execute("SELECT * FROM golden_labels WHERE month = ?", [f"{month}-01"]).df()
     if not len(golden):
         fail(f"no golden run for {month} in {warehouse}: set golden_set and quality.golden_sample_size, then run the month")
     return golden
 
 
-def prompt_tokens(project: Project, month: str, warehouse: Path | None) -> pd.DataFrame:
+def prompt_tokens(project: Project, month: str, warehouse: str | None) -> pd.DataFrame:
     """Per tier: input and output tokens per item of the prompts built for the month's items (a sample
     of SAMPLE items), the approximation used, and the ratio the ledger observed for that tier."""
     items = [Item(row["item_id"], row["text"], row["content_hash"]) for row in read_month(project, month).items]
     sample = items[:SAMPLE]
     reported = {}
-    if warehouse and warehouse.exists():
-        with duckdb.connect(str(warehouse), read_only=True) as conn:
+    if warehouse and warehouse_exists(warehouse):
+        with open_warehouse(warehouse) as conn:
             reported = {
                 tier: value for tier, value in conn.execute(
                     "SELECT tier, SUM(input_tokens) / SUM(item_count) FROM model_calls WHERE month = ? "
@@ -72,7 +79,7 @@ def prompt_tokens(project: Project, month: str, warehouse: Path | None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def month_bill(project: Project, month: str, warehouse: Path) -> dict:
+def month_bill(project: Project, month: str, warehouse: str) -> dict:
     """The month's projected bill under the current and the recommended bands."""
     tokens = prompt_tokens(project, month, warehouse)
     sizes = {
@@ -125,7 +132,7 @@ def _print_recommendation(recommendation: Recommendation) -> None:
               help="Accuracy the final labels must reach (default: quality.target_accuracy).")
 @click.option("--budget", type=click.FloatRange(min=0), default=None,
               help="Monthly USD to spend instead: the most accurate bands that fit it.")
-@click.option("--warehouse", type=click.Path(), default=None, help="DuckDB file (default: the project's).")
+@warehouse_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def recommend_command(project_path: str, month: str, target: float | None, budget: float | None,
                       warehouse: str | None, as_json: bool) -> None:
@@ -135,7 +142,7 @@ def recommend_command(project_path: str, month: str, target: float | None, budge
         fail("give --target or --budget, not both")
     project = load(project_path)
     months_between(project, month, None)
-    path = Path(warehouse) if warehouse else project.warehouse_path
+    path = warehouse_location(project, warehouse)
     golden = _golden(project, path, month)
     tokens = prompt_tokens(project, month, path)
     sizes = {row["role"]: (int(round(row["corrected_input_tokens_per_item"] or row["input_tokens_per_item"])),

@@ -7,18 +7,27 @@ import shutil
 from pathlib import Path
 
 import click
-import duckdb
 from rich.table import Table
 
-from labeling_dagster.cli.common import EXIT_RUN_FAILED, console, execute_month, fail, load, months_between, run_problem
+from labeling_dagster.cli.common import (
+    EXIT_RUN_FAILED,
+    console,
+    execute_month,
+    fail,
+    load,
+    months_between,
+    open_warehouse,
+    run_problem,
+    warehouse_location,
+    warehouse_option,
+)
 from labeling_dagster.core.review_formats import export_paths
 from labeling_dagster.sensors import REVIEW_ASSETS
 
 _project = click.option("--project", "project_path", required=True, type=click.Path(exists=True),
                         help="Project folder (with project.yaml) or the project file itself.")
 _month = click.option("--month", required=True, help="The month, YYYY-MM.")
-_warehouse = click.option("--warehouse", type=click.Path(), default=None,
-                          help="DuckDB file (default: the project's `warehouse`).")
+_warehouse = warehouse_option()
 
 
 @click.group()
@@ -31,11 +40,8 @@ def review() -> None:
     """
 
 
-def _warehouse_path(project, warehouse: str | None) -> Path:
-    path = Path(warehouse) if warehouse else project.warehouse_path
-    if not path.exists():
-        fail(f"{path} does not exist; label the month first with `labeling run`")
-    return path
+def _warehouse_path(project, warehouse: str | None) -> str:
+    return warehouse_location(project, warehouse, must_exist=True)
 
 
 def _run(project_path: str, path: Path, month: str, selection: list[str]) -> None:
@@ -102,9 +108,9 @@ STATUS_SQL = """
 """
 
 
-def _print_status(project, path: Path, month: str) -> None:
+def _print_status(project, path: str, month: str) -> None:
     stamp = f"{month}-01"
-    with duckdb.connect(str(path), read_only=True) as conn:
+    with open_warehouse(path) as conn:
         figures = conn.execute(STATUS_SQL, {"m": stamp}).df().iloc[0]
         files = conn.execute(
             "SELECT source_file, rows_ingested, rows_rejected, duplicate_of, rejection_report FROM review_imports "

@@ -1,7 +1,12 @@
-"""The DuckDB warehouse: one table per asset, each partitioned by a TIMESTAMP `month` column, and
+"""The warehouse: one table per asset, each partitioned by a TIMESTAMP `month` column, and
 `model_calls`, the call cache that every rerun and backfill reads before paying for a call.
 
 Writes are idempotent per month: delete the window's rows, then insert, in one transaction.
+
+The warehouse is a DuckDB file by default. A `postgresql://` location keeps the same tables in a
+PostgreSQL database instead: an in-memory DuckDB attaches it with DuckDB's postgres extension, so every
+query of the project (DuckDB's SQL) runs unchanged, while the rows live in PostgreSQL, which every
+machine of a deployment reaches over the network and where several processes may write at once.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from labeling_dagster.core.labels import CallOutcome
 from labeling_dagster.core.runner import CallRecord
@@ -77,11 +83,112 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_EXTRA = "pip install -e '.[warehouse-postgres]'"
+
+
+class WarehouseError(Exception):
+    """A warehouse location that cannot be used as given; the message says what to change."""
+
+
+def is_postgres(location: str | Path) -> bool:
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
+def warehouse_exists(location: str | Path) -> bool:
+    """Whether there is a warehouse to read: the DuckDB file exists (a server is asked when connecting)."""
+    return is_postgres(location) or Path(location).exists()
+
+
+def check_location(location: str | Path) -> None:
+    """A PostgreSQL location must not carry its password: the resource's configuration, which holds the
+    location, is shown in the Dagster UI and stored with every run."""
+    if not is_postgres(location):
+        return
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(str(location))
+    if parts.password is not None or "password" in parse_qs(parts.query):
+        raise WarehouseError(
+            f"the warehouse location {parts.scheme}://{parts.hostname or ''}{parts.path} carries a password. "
+            "Remove it from the location and give it in the environment instead (PGPASSWORD, or a ~/.pgpass "
+            "file): the location is shown in the Dagster UI and stored with every run."
+        )
+
+
+def _load_postgres_extension(conn: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's postgres extension: from the `duckdb-extension-postgres-scanner` package (PyPI, for the
+    DuckDB release the `warehouse-postgres` extra pins), else one DuckDB installed itself."""
+    try:
+        import duckdb_extension_postgres_scanner as packaged
+    except ImportError:
+        packaged = None
+    files = sorted(Path(packaged.__file__).parent.glob("extensions/*/postgres_scanner.duckdb_extension")) if packaged else []
+    try:
+        conn.execute("SET autoinstall_known_extensions = false")  # never a download at run time
+        conn.execute(f"LOAD '{files[-1]}'" if files else "LOAD postgres_scanner")
+    except duckdb.Error as exc:
+        built_for = files[-1].parent.name if files else None
+        why = (f"the packaged extension is built for DuckDB {built_for}, this is DuckDB {duckdb.__version__}"
+               if built_for and built_for != f"v{duckdb.__version__}" else str(exc).splitlines()[0])
+        raise WarehouseError(
+            f"a PostgreSQL warehouse needs DuckDB's postgres extension, which cannot be loaded ({why}). Install "
+            f"the project's warehouse-postgres extra, which pins DuckDB and the extension together: {POSTGRES_EXTRA}"
+        ) from exc
+
+
+def connect(location: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose default catalog is the warehouse at `location`: a DuckDB file, or a
+    PostgreSQL database (a `postgresql://user@host:port/dbname` URL; libpq takes the password and any
+    other setting not in the URL from the environment: PGPASSWORD, PGSSLMODE, ~/.pgpass ...)."""
+    if not is_postgres(location):
+        return duckdb.connect(str(location), read_only=read_only)
+    check_location(location)
+    conn = duckdb.connect()
+    try:
+        _load_postgres_extension(conn)
+        conn.execute(f"ATTACH {_literal(str(location))} AS warehouse (TYPE postgres{', READ_ONLY' if read_only else ''})")
+        conn.execute("USE warehouse")
+    except duckdb.Error as exc:
+        conn.close()
+        raise WarehouseError(
+            f"cannot open the PostgreSQL warehouse {_without_query(location)}: {str(exc).splitlines()[0]}. Check "
+            "that the server runs and the database exists, and that PGPASSWORD (or ~/.pgpass) holds the password."
+        ) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _without_query(location: str | Path) -> str:
+    return str(location).split("?")[0]
+
+
 class Warehouse(DuckDBResource):
-    """DuckDB through dagster-duckdb's resource, plus the month-window reads and writes the assets share."""
+    """dagster-duckdb's resource, plus the month-window reads and writes the assets share. `database` is a
+    DuckDB file or a `postgresql://` URL (without its password: see `connect`)."""
+
+    shard_folder_path: str | None = Field(
+        default=None,
+        description="folder of the model tiers' shard files (default: <DuckDB file>.shards beside the file); "
+        "required for a PostgreSQL warehouse, and shared by every machine that runs shard steps",
+    )
 
     @contextmanager
     def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if is_postgres(self.database):
+            conn = connect(self.database)
+            try:
+                ensure_tables(conn)
+                yield conn
+            finally:
+                conn.close()
+            return
         with self.get_connection() as conn:
             ensure_tables(conn)
             yield conn
@@ -90,6 +197,13 @@ class Warehouse(DuckDBResource):
         """Where a tier's shard files live between its plan and collect steps (resources/shards.py)."""
         from labeling_dagster.resources.shards import shard_dir
 
+        if self.shard_folder_path:
+            return Path(self.shard_folder_path).expanduser().resolve()
+        if is_postgres(self.database):
+            raise WarehouseError(
+                "a PostgreSQL warehouse has no folder of its own for shard files: set scale.shard_folder in the "
+                "project file (a folder every machine that runs shard steps shares)"
+            )
         return shard_dir(self.database)
 
 
