@@ -2,12 +2,15 @@
 # The several-machines setup, tested for real on this one: PostgreSQL (Dagster storage) and Redis (celery
 # broker) from Debian's packages on 127.0.0.1, the Dagster daemon with the queued run coordinator, two
 # celery workers, one month of a generated project launched through the queue and run step by step by
-# the workers; then the warehouse tables and Dagster's run storage are checked. Everything it starts is
-# stopped and its temporary folder removed on exit (KEEP=1 keeps the folder, for the logs).
+# the workers, its warehouse a PostgreSQL database on the same server (DuckDB's postgres extension, the
+# `warehouse-postgres` extra); then the warehouse tables and Dagster's run storage are checked, and
+# tests/test_postgres_warehouse.py runs against the server. Everything it starts is stopped and its
+# temporary folder removed on exit (KEEP=1 keeps the folder, for the logs).
 #
 # Run: scripts/deploy_check.sh   (or `make deploy-check`). Needs root for apt-get when PostgreSQL or Redis
 # are missing. Settings: ITEMS (2000), PG_PORT (55432), REDIS_PORT (56379), DEPLOY_VENV (.venv-deploy),
-# TIME_LIMIT_S (900: the whole check, install included, is stopped after that).
+# WAREHOUSE (postgres; duckdb: a DuckDB file the workers share instead), TIME_LIMIT_S (900: the whole
+# check, install included, is stopped after that).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,8 +20,11 @@ PG_PORT="${PG_PORT:-55432}"
 REDIS_PORT="${REDIS_PORT:-56379}"
 DEPLOY_VENV="${DEPLOY_VENV:-$REPO/.venv-deploy}"
 TIME_LIMIT_S="${TIME_LIMIT_S:-900}"
+WAREHOUSE="${WAREHOUSE:-postgres}"
+case "$WAREHOUSE" in postgres|duckdb) ;; *) echo "WAREHOUSE must be postgres or duckdb, not '$WAREHOUSE'" >&2; exit 2;; esac
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-# The extras a deployment adds come from the `deploy` extra of pyproject.toml (dagster 1.13.x pairs with 0.29.x).
+# The extras a deployment adds come from the `deploy` and `warehouse-postgres` extras of pyproject.toml
+# (dagster 1.13.x pairs with 0.29.x; the second pins DuckDB to the release its postgres extension is built for).
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/labeling-deploy-check.XXXXXX")"
 PIDS=()        # process group ids of what we started (workers, daemon, redis)
@@ -98,12 +104,12 @@ say "Python: the project with the deploy extras in $DEPLOY_VENV"
 if [ ! -f "$DEPLOY_VENV/.deploy-installed" ] || [ "$REPO/pyproject.toml" -nt "$DEPLOY_VENV/.deploy-installed" ]; then
     "$PYTHON" -m venv "$DEPLOY_VENV"
     "$DEPLOY_VENV/bin/pip" install --quiet --upgrade pip
-    "$DEPLOY_VENV/bin/pip" install --quiet -e "$REPO[deploy]"
+    "$DEPLOY_VENV/bin/pip" install --quiet -e "$REPO[deploy,warehouse-postgres,test]"
     touch "$DEPLOY_VENV/.deploy-installed"
 fi
 BIN="$DEPLOY_VENV/bin"
 export PATH="$BIN:$PATH"  # dagster-celery starts `celery` from the PATH
-"$BIN/python" -c "import dagster, dagster_celery, dagster_postgres; print('dagster', dagster.__version__, '/ dagster-celery', dagster_celery.__version__, '/ dagster-postgres', dagster_postgres.__version__)"
+"$BIN/python" -c "import dagster, dagster_celery, dagster_postgres, duckdb; print('dagster', dagster.__version__, '/ dagster-celery', dagster_celery.__version__, '/ dagster-postgres', dagster_postgres.__version__, '/ duckdb', duckdb.__version__)"
 
 say "PostgreSQL on 127.0.0.1:$PG_PORT (a throwaway cluster in $WORK/pg)"
 mkdir -p "$WORK/pg"
@@ -114,7 +120,8 @@ as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w -t 60 \
 PG_STARTED=1
 PG_PASSWORD="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 as_postgres "$PG_BIN/psql" -h "$WORK/pg" -p "$PG_PORT" -U postgres -q -v ON_ERROR_STOP=1 \
-    -c "CREATE ROLE dagster LOGIN PASSWORD '$PG_PASSWORD'" -c "CREATE DATABASE dagster OWNER dagster"
+    -c "CREATE ROLE dagster LOGIN CREATEDB PASSWORD '$PG_PASSWORD'" -c "CREATE DATABASE dagster OWNER dagster" \
+    -c "CREATE DATABASE labeling OWNER dagster"
 
 say "Redis on 127.0.0.1:$REDIS_PORT"
 start_group "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
@@ -133,7 +140,13 @@ export DAGSTER_PG_PASSWORD="$PG_PASSWORD"
 export DAGSTER_CELERY_BROKER_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export DAGSTER_CELERY_BACKEND_URL="redis://127.0.0.1:$REDIS_PORT/1"
 export LABELING_PROJECT="$WORK/project/project.yaml"
-export LABELING_WAREHOUSE="$WORK/project/warehouse.duckdb"
+export PGPASSWORD="$PG_PASSWORD"  # libpq's: the warehouse URL carries no password
+if [ "$WAREHOUSE" = postgres ]; then
+    export LABELING_WAREHOUSE="postgresql://dagster@127.0.0.1:$PG_PORT/labeling"
+else
+    export LABELING_WAREHOUSE="$WORK/project/warehouse.duckdb"
+fi
+echo "warehouse: $LABELING_WAREHOUSE"
 mkdir -p "$DAGSTER_HOME"
 cp deploy/celery/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
@@ -174,9 +187,9 @@ say "wait for the run and check the tables"
 "$BIN/python" - "$RUN_ID" "$ITEMS" <<'PY'
 import os, sys, time
 import dagster as dg
-import duckdb
 
 from benchmarks.generate_inbox import expected_rejections
+from labeling_dagster.resources.warehouse import connect
 
 run_id, items = sys.argv[1], int(sys.argv[2])
 instance = dg.DagsterInstance.get()
@@ -220,7 +233,7 @@ print(f"asset checks: {len(checks)} evaluated, blocking failures: {failed or 'no
 if len(checks) < 4 or failed:
     problems.append(f"asset checks: {len(checks)} evaluated (expected 4), blocking failures {failed}")
 
-with duckdb.connect(os.environ["LABELING_WAREHOUSE"], read_only=True) as conn:
+with connect(os.environ["LABELING_WAREHOUSE"], read_only=True) as conn:
     one = lambda sql: conn.execute(sql).fetchone()
     raw, = one("SELECT COUNT(*) FROM raw_items")
     rejected, = one("SELECT COUNT(*) FROM rejected_items")
@@ -264,3 +277,19 @@ for name in w1 w2; do
         exit 1
     fi
 done
+
+if [ "$WAREHOUSE" = postgres ]; then
+    say "the warehouse rows are PostgreSQL's: what any client of the database sees"
+    final_rows="$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U dagster -d labeling -X -A -t \
+        -c "SELECT COUNT(*) FROM final_labels")"
+    echo "psql: final_labels has $final_rows rows"
+    if [ "$final_rows" != "$ITEMS" ]; then
+        echo "final_labels in PostgreSQL has $final_rows rows, expected $ITEMS" >&2
+        exit 1
+    fi
+
+    say "tests/test_postgres_warehouse.py against this server"
+    env -u LABELING_WAREHOUSE -u LABELING_PROJECT PATH="$PG_BIN:$PATH" \
+        LABELING_TEST_POSTGRES="postgresql://dagster@127.0.0.1:$PG_PORT/dagster" \
+        "$BIN/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_postgres_warehouse.py
+fi

@@ -1,6 +1,7 @@
 """The labeling Definitions with each step in its own Kubernetes pod (dagster-k8s's k8s_job_executor).
-NOT TESTED HERE. Only for a warehouse that several pods can write (Postgres, MotherDuck): with the
-DuckDB warehouse keep the default in-process executor and the K8sRunLauncher (deploy/k8s/values.yaml)."""
+NOT TESTED HERE. Only for a warehouse that every pod reaches (a PostgreSQL warehouse,
+LABELING_WAREHOUSE=postgresql://...): with a DuckDB file keep the default in-process executor and the
+K8sRunLauncher (deploy/k8s/values.yaml)."""
 
 from dagster_k8s import k8s_job_executor
 
