@@ -93,6 +93,9 @@ def _no_kept_dagster_home(monkeypatch: pytest.MonkeyPatch) -> None:
     folder existing nor fill its run history. The one test of a kept DAGSTER_HOME sets it itself.
     """
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # Every `labeling` command reads these: a test must never write to the shell's project or warehouse.
+    monkeypatch.delenv("LABELING_WAREHOUSE", raising=False)
+    monkeypatch.delenv("LABELING_PROJECT", raising=False)
 
 
 # --- paid tiers on the SIMULATED provider server (tests/fake_llm_server.py): test_llm_pipeline, test_shards ---

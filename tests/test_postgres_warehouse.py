@@ -147,3 +147,10 @@ def test_a_wrong_server_is_a_clear_error(tiny_project: Path, pg_warehouse: str) 
     assert summary.exit_code == 2
     assert "cannot open the PostgreSQL warehouse" in summary.output and "no_such_database" in summary.output
 
+
+
+def test_a_database_not_yet_labeled_into_says_so(tiny_project: Path, pg_warehouse: str) -> None:
+    summary = CliRunner().invoke(main, ["summary", "--project", str(tiny_project), "--month", "2026-08",
+                                        "--warehouse", pg_warehouse])
+    assert summary.exit_code == 2
+    assert "holds no labeling tables yet" in " ".join(summary.output.split())

@@ -34,12 +34,16 @@ def test_a_password_in_the_project_file_is_refused_without_showing_it(tiny_proje
 @pytest.mark.parametrize("location", [
     f"postgresql://labeling:{SECRET}@db.internal/labels",
     f"postgres://db.internal/labels?sslmode=require&password={SECRET}",
+    f"POSTGRESQL://labeling:{SECRET}@db.internal/labels",  # any case: never taken for a file name
+    f" postgresql://labeling:{SECRET}@db.internal/labels",
+    f"postgresql+psycopg2://labeling:{SECRET}@db.internal/labels",  # SQLAlchemy's form
+    f"postgresql://labeling@db.internal/labels?sslpassword={SECRET}",  # libpq's client-key passphrase
 ])
 def test_a_password_given_to_a_command_is_refused_without_showing_it(tiny_project: Path, location: str) -> None:
     result = CliRunner().invoke(main, ["summary", "--project", str(tiny_project), "--month", "2026-08",
                                        "--warehouse", location])
     assert result.exit_code == 2
-    assert "PGPASSWORD" in result.output and SECRET not in result.output
+    assert "PGPASSWORD" in result.output and SECRET not in "".join(result.output.split())  # however it wraps
     with pytest.raises(WarehouseError):
         build_definitions(tiny_project, location)
 
@@ -75,3 +79,28 @@ def test_a_postgres_warehouse_that_cannot_be_opened_says_what_to_do() -> None:
         assert "PGPASSWORD" in message
     else:  # the default install: DuckDB cannot attach PostgreSQL without the extension
         assert "pip install -e '.[warehouse-postgres]'" in message
+
+
+@pytest.mark.parametrize("location, problem", [
+    ("postgresql+psycopg2://labeling@db.internal/labels", "no driver suffix"),
+    ("s3://bucket/warehouse.duckdb", "neither a DuckDB file nor a PostgreSQL URL"),
+    ("postgresql://[::1/labels", "not a valid URL"),
+])
+def test_a_location_that_is_not_a_file_nor_postgres_is_refused(tiny_project: Path, location: str, problem: str) -> None:
+    result = CliRunner().invoke(main, ["summary", "--project", str(tiny_project), "--month", "2026-08",
+                                       "--warehouse", location])
+    assert result.exit_code == 2 and problem in " ".join(result.output.split())
+
+
+def test_an_empty_password_and_any_scheme_case_are_postgres(tiny_project: Path) -> None:
+    for location in ("postgresql://labeling:@db.internal/labels", "Postgres://labeling@db.internal/labels"):
+        assert is_postgres(location)
+        assert build_definitions(tiny_project, location).resources["warehouse"].database == location
+
+
+def test_reading_a_file_that_holds_no_tables_says_so(tiny_project: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.duckdb"
+    connect(empty).close()
+    result = CliRunner().invoke(main, ["summary", "--project", str(tiny_project), "--month", "2026-08",
+                                       "--warehouse", str(empty)])
+    assert result.exit_code == 2 and "holds no labeling tables yet" in " ".join(result.output.split())

@@ -67,10 +67,17 @@ def warehouse_location(project: Project, given: str | None, *, must_exist: bool 
 def open_warehouse(location: str) -> duckdb.DuckDBPyConnection:
     """The warehouse for reading, or a clear exit when it cannot be opened."""
     try:
-        return connect(location, read_only=True)
+        conn = connect(location, read_only=True)
+        (tables,) = conn.execute(
+            "SELECT COUNT(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'raw_items'"
+        ).fetchone()
     except (WarehouseError, duckdb.Error) as exc:
         fail(str(exc))
         raise  # unreachable: fail() exits
+    if not tables:  # a new PostgreSQL database, or a DuckDB file that is not a warehouse
+        conn.close()
+        fail(f"{location} holds no labeling tables yet; label a month first with `labeling run`")
+    return conn
 
 
 def months_between(project: Project, first: str, last: str | None) -> list[str]:

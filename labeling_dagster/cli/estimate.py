@@ -8,6 +8,7 @@ arithmetic lives in core/estimate.py; this module parses options and prints.
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -139,14 +140,14 @@ def _print_ground_truth(console: Console, gt: GroundTruthEstimate, pipeline_usd:
 
 
 def _project_estimate(project_path: str | None, month: str | None, as_json: bool) -> None:
-    from labeling_dagster.cli.common import load, months_between
+    from labeling_dagster.cli.common import load, months_between, warehouse_location
     from labeling_dagster.cli.recommend import month_bill
 
     if not (project_path and month):
         raise click.UsageError("--project and --month go together")
     project = load(project_path)
     months_between(project, month, None)
-    bill = month_bill(project, month, project.warehouse_location)
+    bill = month_bill(project, month, warehouse_location(project, os.environ.get("LABELING_WAREHOUSE")))
     if as_json:
         click.echo(json.dumps(bill, indent=2, default=str))
         return

@@ -83,7 +83,6 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POSTGRES_EXTRA = "pip install -e '.[warehouse-postgres]'"
 
 
@@ -91,8 +90,13 @@ class WarehouseError(Exception):
     """A warehouse location that cannot be used as given; the message says what to change."""
 
 
+def _scheme(location: str | Path) -> str:
+    text = str(location).strip()
+    return text.split("://", 1)[0].lower() if "://" in text else ""
+
+
 def is_postgres(location: str | Path) -> bool:
-    return str(location).startswith(POSTGRES_SCHEMES)
+    return _scheme(location) in ("postgresql", "postgres")
 
 
 def warehouse_exists(location: str | Path) -> bool:
@@ -101,18 +105,33 @@ def warehouse_exists(location: str | Path) -> bool:
 
 
 def check_location(location: str | Path) -> None:
-    """A PostgreSQL location must not carry its password: the resource's configuration, which holds the
-    location, is shown in the Dagster UI and stored with every run."""
-    if not is_postgres(location):
+    """A location with a scheme must be a PostgreSQL URL, and no URL may carry a password (nor
+    sslpassword): the resource's configuration, which holds the location, is shown in the Dagster UI and
+    stored with every run. Messages never repeat what follows the host."""
+    scheme = _scheme(location)
+    if not scheme:
         return
     from urllib.parse import parse_qs, urlsplit
 
-    parts = urlsplit(str(location))
-    if parts.password is not None or "password" in parse_qs(parts.query):
+    try:
+        parts = urlsplit(str(location).strip())
+        host = parts.hostname or ""
+        secret = bool(parts.password) or any(key.lower().endswith("password") for key in parse_qs(parts.query))
+    except ValueError:
         raise WarehouseError(
-            f"the warehouse location {parts.scheme}://{parts.hostname or ''}{parts.path} carries a password. "
-            "Remove it from the location and give it in the environment instead (PGPASSWORD, or a ~/.pgpass "
-            "file): the location is shown in the Dagster UI and stored with every run."
+            f"the warehouse location ({scheme}://...) is not a valid URL; write "
+            "postgresql://user@host:port/dbname"
+        ) from None
+    if secret:
+        raise WarehouseError(
+            f"the warehouse location {scheme}://{host}{parts.path} carries a password. Remove it from the "
+            "location and give it in the environment instead (PGPASSWORD, or a ~/.pgpass file): the location "
+            "is shown in the Dagster UI and stored with every run."
+        )
+    if not is_postgres(location):
+        raise WarehouseError(
+            f"the warehouse location {scheme}://{host}{parts.path} is neither a DuckDB file nor a PostgreSQL "
+            "URL: write postgresql://user@host:port/dbname (no driver suffix such as +psycopg2), or a file path"
         )
 
 
@@ -124,9 +143,10 @@ def _load_postgres_extension(conn: duckdb.DuckDBPyConnection) -> None:
     except ImportError:
         packaged = None
     files = sorted(Path(packaged.__file__).parent.glob("extensions/*/postgres_scanner.duckdb_extension")) if packaged else []
+    files = [path for path in files if path.parent.name == f"v{duckdb.__version__}"] or files[-1:]
     try:
         conn.execute("SET autoinstall_known_extensions = false")  # never a download at run time
-        conn.execute(f"LOAD '{files[-1]}'" if files else "LOAD postgres_scanner")
+        conn.execute(f"LOAD {_literal(str(files[-1]))}" if files else "LOAD postgres_scanner")
     except duckdb.Error as exc:
         built_for = files[-1].parent.name if files else None
         why = (f"the packaged extension is built for DuckDB {built_for}, this is DuckDB {duckdb.__version__}"
@@ -144,15 +164,17 @@ def connect(location: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPy
     if not is_postgres(location):
         return duckdb.connect(str(location), read_only=read_only)
     check_location(location)
+    location = _normalized(location)
     conn = duckdb.connect()
     try:
         _load_postgres_extension(conn)
-        conn.execute(f"ATTACH {_literal(str(location))} AS warehouse (TYPE postgres{', READ_ONLY' if read_only else ''})")
+        conn.execute(f"ATTACH {_literal(location)} AS warehouse (TYPE postgres{', READ_ONLY' if read_only else ''})")
         conn.execute("USE warehouse")
     except duckdb.Error as exc:
         conn.close()
+        why = str(exc).splitlines()[0].replace(location, _without_query(location))
         raise WarehouseError(
-            f"cannot open the PostgreSQL warehouse {_without_query(location)}: {str(exc).splitlines()[0]}. Check "
+            f"cannot open the PostgreSQL warehouse {_without_query(location)}: {why}. Check "
             "that the server runs and the database exists, and that PGPASSWORD (or ~/.pgpass) holds the password."
         ) from exc
     except BaseException:
@@ -167,6 +189,13 @@ def _literal(text: str) -> str:
 
 def _without_query(location: str | Path) -> str:
     return str(location).split("?")[0]
+
+
+def _normalized(location: str | Path) -> str:
+    """libpq's form: the scheme in lower case (POSTGRESQL:// is read as a URL here, but not by libpq)."""
+    text = str(location).strip()
+    scheme, rest = text.split("://", 1)
+    return f"{scheme.lower()}://{rest}"
 
 
 class Warehouse(DuckDBResource):
