@@ -1,12 +1,14 @@
 """How a month's size moves wall time and memory: N generated tickets run through the real Definitions
 (the monthly job, in process, as `labeling run` does) with the SIMULATED instant provider, so what is
 measured is orchestration and storage, not a model; or (`--provider server`) with the first pass sent
-to the throughput benchmark's SIMULATED rate-limited server. Each size runs in its own process (peak RSS per size).
+to the throughput benchmark's SIMULATED rate-limited server; or (`--provider server-batch`) with the first
+pass through the SIMULATED server's batch API (files + batches), as a month over `batch_over_items` goes
+by default. Each size runs in its own process (peak RSS per size).
 
 With --parallel-shards N (N > 1) the month runs as `labeling run` runs it then: on Dagster's multiprocess
 executor, each step in its own process and N shard steps of a tier at once (--shard-items per shard).
 
-Run: python -m benchmarks.scale --out FILE.json --items 100000[,1000000] [--provider instant|server]
+Run: python -m benchmarks.scale --out FILE.json --items 100000[,1000000] [--provider instant|server|server-batch]
      [--shard-items 200000] [--parallel-shards 1] [--timeout-s 1500]
 Per size a JSON row: items, provider, shard_items, parallel_shards, wall_s, items_per_s, peak_rss_mb (the
 largest resident set of the run's whole process tree: the benchmark's child and every step process it
@@ -33,7 +35,12 @@ MONTH = "2026-09"
 # instant: every tier answered in process by the SIMULATED InstantProvider.
 # server: the first pass through OpenAIProvider against the throughput benchmark's SIMULATED rate-limited
 # OpenAI-compatible server on 127.0.0.1 (its limits below, its latency model); QA stays instant.
-PROVIDERS = ["instant", "server"]
+# server-batch: the first pass through OpenAIProvider's batch mode against the SIMULATED server (tests/
+# fake_llm_server.py, keeping no request history), which answers a batch at its second poll, with no latency or rate limit (those
+# apply to online requests; a real batch takes up to 24 hours): what is measured is the batch path's own
+# cost (JSONL files of up to 50,000 requests up and down, polls, ingestion). QA stays instant.
+PROVIDERS = ["instant", "server", "server-batch"]
+BATCH_POLL_S = 1.0
 SERVER_LIMITS = {"rpm": 600, "tpm": 1_000_000}
 SAMPLE_S = 0.5
 NO_TELEMETRY = {"telemetry": {"enabled": False}}
@@ -94,11 +101,13 @@ def _per_asset(steps: dict[str, dict]) -> dict[str, dict]:
     return {asset: {"start": t["start"], "end": None if t["open"] else t["end"]} for asset, t in assets.items()}
 
 
-def _bench_project(project_file: Path, base_url: str | None, shard_items: int, parallel_shards: int) -> Path:
+def _bench_project(project_file: Path, base_url: str | None, shard_items: int, parallel_shards: int,
+                   batch: bool = False) -> Path:
     """The generated project as the benchmark runs it. The simulated providers' labels carry no
     information, so calibrating them on the golden set would send every item to people: confidences
     stay raw (quality.calibration: none) and the routing bands split the month as designed. With a
-    server, the first pass goes to it: gpt-5-nano's prices, 20 items per request, online calls."""
+    server, the first pass goes to it: gpt-5-nano's prices, 20 items per request, online calls (or its
+    batch API with `batch`)."""
     import yaml
 
     spec = yaml.safe_load(project_file.read_text(encoding="utf-8"))
@@ -106,8 +115,9 @@ def _bench_project(project_file: Path, base_url: str | None, shard_items: int, p
     spec["scale"] = {"shard_items": shard_items, "parallel_shards": parallel_shards}
     if base_url:
         first = next(tier for tier in spec["tiers"] if tier["role"] == "first_pass")
-        first.update(provider="openai", model="gpt-5-nano", items_per_request=20,
-                     options={"base_url": base_url, "mode": "online", "max_concurrency": 32, "timeout_s": 30, **SERVER_LIMITS})
+        options = ({"base_url": base_url, "mode": "batch", "poll_interval_s": BATCH_POLL_S, "timeout_s": 120} if batch
+                   else {"base_url": base_url, "mode": "online", "max_concurrency": 32, "timeout_s": 30, **SERVER_LIMITS})
+        first.update(provider="openai", model="gpt-5-nano", items_per_request=20, options=options)
     target = project_file.with_name("project_bench.yaml")
     target.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return target
@@ -145,7 +155,11 @@ def run_one(items: int, provider: str, workdir: Path, fmt: str, seed: int, row_f
 
             server = stack.enter_context(LatencyServer(Latency(0.25, 0.5, 0.04, seed), burst_s=1.0, **SERVER_LIMITS))
             base_url = server.openai_base_url
-        project_file = _bench_project(project_file, base_url, shard_items, parallel_shards)
+        elif provider == "server-batch":
+            from tests.fake_llm_server import FakeLLMServer
+
+            base_url = stack.enter_context(FakeLLMServer(forget=True)).openai_base_url
+        project_file = _bench_project(project_file, base_url, shard_items, parallel_shards, provider == "server-batch")
         run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         started = time.perf_counter()
         if parallel_shards > 1:

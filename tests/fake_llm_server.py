@@ -98,12 +98,16 @@ class FakeLLMServer:
         burst_s: float = 1.0,
         cache_min_tokens: int = 1024,
         batch_polls_before_done: int = 1,
+        forget: bool = False,
     ) -> None:
         self.answer = answer
         self.confidence = confidence
         self.latency = latency
         self.cache_min_tokens = cache_min_tokens
         self.batch_polls_before_done = batch_polls_before_done
+        # A long benchmark's server (benchmarks/scale.py): no request history, and a batch's input file
+        # dropped once the batch ran and its output once downloaded, so its memory is not the run's.
+        self.forget = forget
         self.requests: list[Recorded] = []
         self.rate_limited = 0
         # SIMULATED refusal: a chat request whose user message this returns True for is answered 401,
@@ -176,8 +180,9 @@ class FakeLLMServer:
                 path = self.path.split("?")[0]
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 recorded = Recorded(method, path, headers, body)
-                with server._lock:
-                    server.requests.append(recorded)
+                if not server.forget:
+                    with server._lock:
+                        server.requests.append(recorded)
                 status, payload, extra = server._route(method, path, body, ctype)
                 recorded.status, recorded.response = status, payload
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -216,7 +221,11 @@ class FakeLLMServer:
         if method == "POST" and path == "/v1/files":
             return self._upload(body, ctype)
         if method == "GET" and path.startswith("/v1/files/") and path.endswith("/content"):
-            return 200, self.files[path.split("/")[3]]["content"], {}
+            file_id = path.split("/")[3]
+            content = self.files[file_id]["content"]
+            if self.forget:
+                del self.files[file_id]
+            return 200, content, {}
         if method == "POST" and path == "/v1/batches":
             return self._openai_batch(body)
         if method == "GET" and path.startswith("/v1/batches/"):
@@ -353,6 +362,8 @@ class FakeLLMServer:
     def _run_openai_batch(self, batch_id: str) -> None:
         batch = self.batches[batch_id]
         lines = self.files[batch["request"]["input_file_id"]]["content"].decode().splitlines()
+        if self.forget:
+            self.files[batch["request"]["input_file_id"]]["content"] = b""
         out, errors = [], []
         for line in lines:
             request = json.loads(line)
