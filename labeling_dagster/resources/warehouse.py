@@ -161,9 +161,9 @@ def connect(location: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPy
     """A DuckDB connection whose default catalog is the warehouse at `location`: a DuckDB file, or a
     PostgreSQL database (a `postgresql://user@host:port/dbname` URL; libpq takes the password and any
     other setting not in the URL from the environment: PGPASSWORD, PGSSLMODE, ~/.pgpass ...)."""
+    check_location(location)
     if not is_postgres(location):
         return duckdb.connect(str(location), read_only=read_only)
-    check_location(location)
     location = _normalized(location)
     conn = duckdb.connect()
     try:
