@@ -8,11 +8,13 @@ DAGSTER_HOME set, the runs are recorded there and show in the UI's run history a
 from __future__ import annotations
 
 import warnings
+
 import click
 import dagster as dg
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from labeling_dagster.cli.common import (
+    WAREHOUSE_OPTION,
     EXIT_RUN_FAILED,
     console,
     execute_month,
@@ -24,7 +26,6 @@ from labeling_dagster.cli.common import (
     run_problem,
     train_label_model,
     warehouse_location,
-    warehouse_option,
 )
 from labeling_dagster.cli.estimate import estimate
 from labeling_dagster.cli.recommend import recommend_command
@@ -53,7 +54,7 @@ def main() -> None:
 @PROJECT_OPTION
 @click.option("--month", "first", required=True, help="First month to label, YYYY-MM.")
 @click.option("--to", "last", default=None, help="Last month to label, YYYY-MM (default: --month).")
-@warehouse_option()
+@WAREHOUSE_OPTION
 @click.option("--verbose", is_flag=True, help="Show Dagster's step logs as well as the progress bar.")
 def run(project_path: str, first: str, last: str | None, warehouse: str | None, verbose: bool) -> None:
     """Materialize every monthly asset for each month from --month to --to, one run per month
@@ -103,7 +104,7 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
 @PROJECT_OPTION
 @click.option("--month", "first", required=True, help="First month, YYYY-MM.")
 @click.option("--to", "last", default=None, help="Last month, YYYY-MM (default: --month).")
-@warehouse_option()
+@WAREHOUSE_OPTION
 def summary(project_path: str, first: str, last: str | None, warehouse: str | None) -> None:
     """Print the per-month summary of months already labeled."""
     project = load(project_path)

@@ -43,13 +43,12 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     sys.exit(code)
 
 
-def warehouse_option(*, help_text: str = "") -> click.Option:
-    """--warehouse: a DuckDB file or a postgresql:// URL; LABELING_WAREHOUSE as for `dagster dev`."""
-    return click.option(
-        "--warehouse", default=None, envvar="LABELING_WAREHOUSE",
-        help=help_text or "DuckDB file or postgresql://user@host:port/dbname URL (default: the project's "
-        "`warehouse`; env LABELING_WAREHOUSE). A PostgreSQL password comes from PGPASSWORD or ~/.pgpass.",
-    )
+# --warehouse of every command: a DuckDB file or a postgresql:// URL; LABELING_WAREHOUSE as for `dagster dev`.
+WAREHOUSE_OPTION = click.option(
+    "--warehouse", default=None, envvar="LABELING_WAREHOUSE",
+    help="DuckDB file or postgresql://user@host:port/dbname URL (default: the project's `warehouse`; env "
+    "LABELING_WAREHOUSE). A PostgreSQL password comes from PGPASSWORD or ~/.pgpass.",
+)
 
 
 def warehouse_location(project: Project, given: str | None, *, must_exist: bool = False, then: str = "") -> str:

@@ -8,7 +8,6 @@ arithmetic lives in core/estimate.py; this module parses options and prints.
 from __future__ import annotations
 
 import json
-import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from labeling_dagster.cli.common import WAREHOUSE_OPTION
 from labeling_dagster.core.estimate import (
     EstimateFileError,
     GroundTruthEstimate,
@@ -139,7 +139,7 @@ def _print_ground_truth(console: Console, gt: GroundTruthEstimate, pipeline_usd:
     console.print(table)
 
 
-def _project_estimate(project_path: str | None, month: str | None, as_json: bool) -> None:
+def _project_estimate(project_path: str | None, month: str | None, warehouse: str | None, as_json: bool) -> None:
     from labeling_dagster.cli.common import load, months_between, warehouse_location
     from labeling_dagster.cli.recommend import month_bill
 
@@ -147,7 +147,7 @@ def _project_estimate(project_path: str | None, month: str | None, as_json: bool
         raise click.UsageError("--project and --month go together")
     project = load(project_path)
     months_between(project, month, None)
-    bill = month_bill(project, month, warehouse_location(project, os.environ.get("LABELING_WAREHOUSE")))
+    bill = month_bill(project, month, warehouse_location(project, warehouse))
     if as_json:
         click.echo(json.dumps(bill, indent=2, default=str))
         return
@@ -230,6 +230,7 @@ def _project_estimate(project_path: str | None, month: str | None, as_json: bool
               help="With --month: token counts of the real prompts for the month's items, and the month's "
               "bill under the current and the recommended bands (needs the month's golden run).")
 @click.option("--month", default=None, help="The month, YYYY-MM, with --project.")
+@WAREHOUSE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def estimate(
     items: int | None,
@@ -244,6 +245,7 @@ def estimate(
     gt_fee_per_object: float,
     project_path: str | None,
     month: str | None,
+    warehouse: str | None,
     as_json: bool,
 ) -> None:
     """Estimate labeling cost: every model at one prompt size, or a routing mix's monthly bill.
@@ -253,7 +255,7 @@ def estimate(
     labeling estimate --mix examples/mixes/routed_pipeline.yaml --ground-truth text_classification
     """
     if project_path is not None or month is not None:
-        _project_estimate(project_path, month, as_json)
+        _project_estimate(project_path, month, warehouse, as_json)
         return
     try:
         catalog = _catalog(prices_path)

@@ -11,13 +11,13 @@ import pandas as pd
 from rich.table import Table
 
 from labeling_dagster.cli.common import (
+    WAREHOUSE_OPTION,
     console,
     fail,
     load,
     months_between,
     open_warehouse,
     warehouse_location,
-    warehouse_option,
 )
 from labeling_dagster.core.labels import Item, LabelTask, PriorAnswer
 from labeling_dagster.core.prompts import build_prompt, estimated_output_tokens
@@ -132,7 +132,7 @@ def _print_recommendation(recommendation: Recommendation) -> None:
               help="Accuracy the final labels must reach (default: quality.target_accuracy).")
 @click.option("--budget", type=click.FloatRange(min=0), default=None,
               help="Monthly USD to spend instead: the most accurate bands that fit it.")
-@warehouse_option()
+@WAREHOUSE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def recommend_command(project_path: str, month: str, target: float | None, budget: float | None,
                       warehouse: str | None, as_json: bool) -> None:

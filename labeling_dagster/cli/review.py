@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from labeling_dagster.cli.common import (
+    WAREHOUSE_OPTION,
     EXIT_RUN_FAILED,
     console,
     execute_month,
@@ -19,7 +20,6 @@ from labeling_dagster.cli.common import (
     open_warehouse,
     run_problem,
     warehouse_location,
-    warehouse_option,
 )
 from labeling_dagster.core.review_formats import export_paths
 from labeling_dagster.sensors import REVIEW_ASSETS
@@ -27,7 +27,6 @@ from labeling_dagster.sensors import REVIEW_ASSETS
 _project = click.option("--project", "project_path", required=True, type=click.Path(exists=True),
                         help="Project folder (with project.yaml) or the project file itself.")
 _month = click.option("--month", required=True, help="The month, YYYY-MM.")
-_warehouse = warehouse_option()
 
 
 @click.group()
@@ -53,7 +52,7 @@ def _run(project_path: str, path: Path, month: str, selection: list[str]) -> Non
 @review.command("export")
 @_project
 @_month
-@_warehouse
+@WAREHOUSE_OPTION
 def export(project_path: str, month: str, warehouse: str | None) -> None:
     """Write the month's review queue files again (CSV, JSONL, Label Studio tasks and config, Ground
     Truth manifest) from the labels already in the warehouse; no model is called."""
@@ -68,7 +67,7 @@ def export(project_path: str, month: str, warehouse: str | None) -> None:
 @review.command("import")
 @_project
 @_month
-@_warehouse
+@WAREHOUSE_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def import_(project_path: str, month: str, warehouse: str | None, files: tuple[str, ...]) -> None:
     """Copy completed review FILES into <reviews_dir>/<month>/ and ingest them: human reviews, consensus,
@@ -89,7 +88,7 @@ def import_(project_path: str, month: str, warehouse: str | None, files: tuple[s
 @review.command("status")
 @_project
 @_month
-@_warehouse
+@WAREHOUSE_OPTION
 def status(project_path: str, month: str, warehouse: str | None) -> None:
     """How many queued items people have settled, which need another review, and each file's rejected rows."""
     project = load(project_path)
