@@ -67,6 +67,15 @@ class Source(_Strict):
     text_column: str = "text"
     metadata_columns: list[str] = []
     start_month: str = Field(description="first monthly partition, YYYY-MM")
+    max_text_chars: int = Field(
+        default=100_000, ge=1,
+        description="longest item text (characters, after trimming); a longer one is rejected at intake",
+    )
+    max_row_chars: int = Field(
+        default=1_000_000, ge=1,
+        description="longest source row read (characters of a CSV row, however many lines it spans, or of a JSONL "
+        "line); a longer one is rejected without being parsed, which keeps memory bounded",
+    )
 
     @field_validator("path")
     @classmethod
@@ -81,6 +90,15 @@ class Source(_Strict):
         if not MONTH_RE.match(value):
             raise ValueError(f"{value!r} is not a month; write YYYY-MM, e.g. 2026-08")
         return value
+
+    @model_validator(mode="after")
+    def _row_fits_text(self) -> Source:
+        if self.max_row_chars < self.max_text_chars:
+            raise ValueError(
+                f"max_row_chars ({self.max_row_chars}) must be at least max_text_chars ({self.max_text_chars}): "
+                "a row holds its text"
+            )
+        return self
 
 
 class LabeledFile(_Strict):
