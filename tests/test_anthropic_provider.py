@@ -45,7 +45,9 @@ def server():
 
 def test_request_forces_a_strict_tool_and_marks_the_prefix_for_caching(server):
     prior = {"t0": [PriorAnswer(tier="first_pass", label="lost_card", confidence=0.6)]}
-    outcome = AnthropicProvider(api_key="test-key").label_batch(task(tier(server), prior=prior))
+    # the resource's own endpoint (the tier's base_url is the resource's), so the resource's key goes there
+    provider = AnthropicProvider(api_key="test-key", base_url=server.anthropic_base_url)
+    outcome = provider.label_batch(task(tier(server), prior=prior))
     assert labels(outcome) == {"t0": "card_arrival", "t1": "exchange_rate", "t2": "lost_card"}
     (call,) = server.calls("/v1/messages")
     body = call.body
@@ -132,10 +134,37 @@ def test_bad_tool_input_is_repaired_then_reported(server):
     assert len(server.calls("/v1/messages")) == 2
 
 
-def test_missing_key_fails_at_once_naming_the_variable(server):
+def test_missing_key_fails_at_once_naming_the_variable(server, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ProviderConfigError, match="ANTHROPIC_API_KEY is not set"):
-        AnthropicProvider().label_batch(task(tier(server)))
+        AnthropicProvider(base_url=server.anthropic_base_url).label_batch(task(tier(server)))
+    with pytest.raises(ProviderConfigError, match="GATEWAY_KEY .options.api_key_env. is not set"):
+        AnthropicProvider(api_key="k").label_batch(task(tier(server, api_key_env="GATEWAY_KEY")))
     assert server.requests == []
+
+
+def _credentials(call) -> list[str]:
+    """Every header that can carry a key (SDK 2.x sends it as a bearer token, older ones as x-api-key)."""
+    return [value for name, value in call.headers.items() if name in ("authorization", "x-api-key")]
+
+
+def test_anthropic_key_is_not_sent_to_another_base_url(server, monkeypatch):
+    # Also in the environment, where the SDK would look for a key it is not given.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-resource")
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    resource = AnthropicProvider(api_key="sk-ant-resource")  # bound to api.anthropic.com
+    assert resource.label_batch(task(tier(server), TEXTS[:1])).status == "ok"
+    (call,) = server.calls("/v1/messages")
+    assert _credentials(call) == ["Bearer no-key"]
+    monkeypatch.setenv("GATEWAY_KEY", "gateway-key")
+    resource.label_batch(task(tier(server, api_key_env="GATEWAY_KEY"), TEXTS[1:2]))
+    assert _credentials(server.calls("/v1/messages")[1]) == ["Bearer gateway-key"]
+    # The resource's own endpoint (a tier without base_url) gets the resource's key.
+    own = AnthropicProvider(api_key="sk-ant-resource", base_url=server.anthropic_base_url)
+    own.label_batch(task(TierConfig(name="qa", role="qa", provider="anthropic", model="claude-haiku-4-5",
+                                    options=FAST), TEXTS[2:]))
+    assert _credentials(server.calls("/v1/messages")[2]) == ["Bearer sk-ant-resource"]
+    assert not any("sk-ant-resource" in value for call in server.requests[:2] for value in call.headers.values())
 
 
 def test_message_batches_submit_poll_and_ingest(server):

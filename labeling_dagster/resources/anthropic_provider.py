@@ -4,7 +4,9 @@ static prefix marked for prompt caching. `options.mode: batch` uses Message Batc
 
 Tier options read (besides the common ones documented in docs/llm_tiers.md):
   base_url          another endpoint for this tier (a proxy or gateway speaking the Messages API)
-  api_key_env       the environment variable holding this tier's key (default: the resource's key)
+  api_key_env       the environment variable holding this tier's key (e.g. GATEWAY_API_KEY); a tier
+                    with its own base_url and no api_key_env sends no key (a placeholder), so
+                    ANTHROPIC_API_KEY goes only to the resource's own endpoint, as in the OpenAI provider
   structured        tool (default: a forced strict tool call) or output_format (output_config JSON schema)
   strict            false to send the tool without strict mode (models without structured outputs)
   temperature       sent when set
@@ -28,12 +30,14 @@ from labeling_dagster.project import TierConfig
 from labeling_dagster.resources.llm import LLMProvider, ProviderConfigError
 
 _classify = sdk_error_classifier(anthropic.APIStatusError, anthropic.APIConnectionError)
+NO_KEY = "no-key"  # sent to a tier's own base_url when it names no api_key_env
 
 
 class AnthropicProvider(LLMProvider):
     """Labels items with a Claude model. Bind it with
-    `AnthropicProvider(api_key=dg.EnvVar("ANTHROPIC_API_KEY"))`; without a key every call fails
-    before it is sent, with a message naming ANTHROPIC_API_KEY."""
+    `AnthropicProvider(api_key=dg.EnvVar("ANTHROPIC_API_KEY"))`; without a key every call to the
+    resource's endpoint fails before it is sent, with a message naming ANTHROPIC_API_KEY. A tier
+    with its own `options.base_url` never gets that key: it sends its `options.api_key_env` key, or none."""
 
     api_key: str | None = None
     base_url: str | None = None
@@ -49,15 +53,34 @@ class AnthropicProvider(LLMProvider):
     _clients: dict[tuple[str | None, str], anthropic.Anthropic] = PrivateAttr(default_factory=dict)
 
     # --- client -----------------------------------------------------------------------------
+    def _base_url(self, tier: TierConfig) -> str | None:
+        return self.option(tier, "base_url", self.base_url)
+
     def _key(self, tier: TierConfig) -> str:
+        """The tier's key. The resource's key (ANTHROPIC_API_KEY) goes only to the resource's own
+        endpoint: a tier pointing elsewhere names its key in options.api_key_env, or sends none.
+
+        No key means the placeholder NO_KEY, never None: given None, the SDK looks for
+        ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN or a credentials profile in the environment itself,
+        which would hand the resource's key to the other endpoint after all (and with none found it
+        refuses to send: "Could not resolve authentication method")."""
         env = self.option(tier, "api_key_env")
-        key = os.environ.get(env) if env is not None else self.api_key
-        if not key:
+        if env is not None:
+            key = os.environ.get(env)
+            if not key:
+                raise ProviderConfigError(
+                    f"tiers.{tier.name}: the environment variable {env} (options.api_key_env) is not set; "
+                    f"export it with the key for {self._base_url(tier) or 'Anthropic'}"
+                )
+            return key
+        if self._base_url(tier) != self.base_url:
+            return NO_KEY  # a gateway or proxy that authenticates otherwise (or not at all)
+        if not self.api_key:
             raise ProviderConfigError(
-                f"tiers.{tier.name}: {env or 'ANTHROPIC_API_KEY'} is not set; export it to call "
-                f"Anthropic model {tier.model!r}"
+                f"tiers.{tier.name}: ANTHROPIC_API_KEY is not set; export it to call Anthropic model "
+                f"{tier.model!r}, or set options.base_url (and options.api_key_env) for a gateway"
             )
-        return key
+        return self.api_key
 
     def check_ready(self, tier: TierConfig) -> None:
         self._client(tier)
@@ -68,7 +91,7 @@ class AnthropicProvider(LLMProvider):
 
     def _client(self, tier: TierConfig) -> anthropic.Anthropic:
         key = self._key(tier)
-        slot = (self.option(tier, "base_url", self.base_url), self.option(tier, "api_key_env", ""))
+        slot = (self._base_url(tier), self.option(tier, "api_key_env", ""))
         with self._lock:
             if slot not in self._clients:
                 # retries are ours (they share the tier's limiter), so the SDK makes none
@@ -79,7 +102,7 @@ class AnthropicProvider(LLMProvider):
     def settings(self, tier: TierConfig) -> dict[str, Any]:
         return {
             "provider": self.provider_name,
-            "base_url": self.option(tier, "base_url", self.base_url),
+            "base_url": self._base_url(tier),
             "structured": self.option(tier, "structured", "tool"),
             "strict": self.option(tier, "strict", True),
             **{key: tier.options[key] for key in ("temperature", "max_output_tokens") if key in tier.options},
