@@ -55,7 +55,8 @@ def main() -> None:
 @click.option("--month", "first", required=True, help="First month to label, YYYY-MM.")
 @click.option("--to", "last", default=None, help="Last month to label, YYYY-MM (default: --month).")
 @WAREHOUSE_OPTION
-@click.option("--verbose", is_flag=True, help="Show Dagster's step logs as well as the progress bar.")
+@click.option("--verbose", is_flag=True,
+              help="Show Dagster's log (steps, and a failed step's traceback) as well as the progress bar.")
 def run(project_path: str, first: str, last: str | None, warehouse: str | None, verbose: bool) -> None:
     """Materialize every monthly asset for each month from --month to --to, one run per month
     (after loading the golden set and training the auto-labeler, when the project turns it on).
@@ -65,6 +66,10 @@ def run(project_path: str, first: str, last: str | None, warehouse: str | None, 
     this process; with scale.parallel_shards above 1 in the project file, each step runs in a process
     of its own and that many shards of a model tier at once. Exit code 0 when every
     month succeeded, 1 when a run failed, 2 for bad input.
+
+    A failed run prints its cause in one line, `<month>: <step>: <message>`; Dagster's own log (and
+    the traceback) only with --verbose. Either way the run is recorded on the Dagster instance
+    (DAGSTER_HOME when set), where the UI shows its whole log.
     """
     from labeling_dagster.definitions import check_paid_tiers
     from labeling_dagster.resources.llm import ProviderConfigError

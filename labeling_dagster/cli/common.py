@@ -16,6 +16,7 @@ from dagster._core.execution.execution_result import (
     ExecutionResult,  # the base of both run results; not exported
 )
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from labeling_dagster.cli.summary import month_summary, summary_frame
@@ -39,7 +40,9 @@ def console() -> Console:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    # escaped: a step key's "[m2026_08_s0001]" is not markup; soft_wrap: a long message stays one line
+    # (a terminal wraps it; grep and logs see it whole)
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -119,10 +122,49 @@ def print_summary(project: Project, warehouse: str, months: list[str], console: 
 
 
 def first_error(result: ExecutionResult) -> str:
+    """`<step>: <message>` of the run's first failed step, in one line: the cause a person can act on,
+    not Dagster's wrapper around it nor the traceback (those are in the run's log, and on screen with
+    --verbose)."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return f"{event.step_key}: {event.step_failure_data.error.message.strip()}"
-    return "the run failed; see the Dagster logs above"
+        if event.is_step_failure and event.step_failure_data:
+            return f"{event.step_key}: {step_failure_cause(event.step_failure_data)}"
+    return "the run failed before any step did; run again with --verbose to see Dagster's log"
+
+
+def step_failure_cause(data) -> str:
+    """The user-facing message of a step failure (Dagster's StepFailureData): a dg.Failure's
+    description; else the first exception of the error's cause chain that is not Dagster's own
+    wrapper (DagsterExecutionStepExecutionError: "Error occurred while executing op"). That is the
+    exception the asset raised, with the project's message (a ProviderConfigError naming the
+    variable, a source error naming the file); what caused it in turn (the SDK's HTTP error) is a
+    detail of the traceback."""
+    failure = data.user_failure_data
+    if failure is not None and failure.description:
+        return _one_line(failure.description)
+    error = data.error
+    if error is None:
+        return "the step failed without an error; run again with --verbose to see Dagster's log"
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    text = error.message.strip()
+    # format_exception_only's "module.Class: message": our own exceptions' messages say everything;
+    # anything else (a KeyError, a DuckDB error) keeps its class name, without the module.
+    qualified, sep, rest = text.partition(": ")
+    if sep and qualified.split(".")[-1] == error.cls_name:
+        ours = qualified.startswith(("labeling_dagster.", "dagster._core.definitions.events."))
+        text = rest if ours else f"{error.cls_name}: {rest}"
+    return _one_line(text) or error.cls_name
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def dagster_log_config(verbose: bool) -> dict:
+    """Run config of Dagster's console logger: its step log (INFO) with --verbose; else nothing on
+    screen (a failure's cause is printed in one line instead: first_error). Either way the run and
+    every event are stored on the instance (DAGSTER_HOME when set), as the UI shows them."""
+    return {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}}}
 
 
 def instance() -> dg.DagsterInstance:
@@ -150,7 +192,7 @@ def execute_month(project_path: str, warehouse: str, month: str, *, selection: l
                   verbose: bool = False, on_instance: dg.DagsterInstance | None = None) -> ExecutionResult:
     """One month of the monthly job (or of `selection`, asset names). In process; with
     scale.parallel_shards > 1, each step in its own process, that many shard steps at once."""
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
+    run_config = dagster_log_config(verbose)
     assets = [dg.AssetKey(name) for name in selection] if selection else None
     if load_project(project_path).scale.parallel_shards > 1:
         return _execute_in_processes(project_path, warehouse, month, run_config, assets, on_instance or instance())
@@ -189,7 +231,7 @@ def train_label_model(project_path: str, warehouse: str, *, verbose: bool = Fals
     return job.execute_in_process(
         instance=on_instance or instance(),
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}},
+        run_config=dagster_log_config(verbose),
     )
 
 
