@@ -9,6 +9,7 @@ import pandas as pd
 TERMINAL = "every_item_in_one_terminal_state"
 IN_TAXONOMY = "labels_in_taxonomy"
 LEDGER_SUMS = "ledger_total_equals_sum_of_parts"
+LEDGER_MATCHES_CALLS = "ledger_matches_model_calls"
 WITHIN_BUDGET = "month_spend_within_budget"
 
 
@@ -25,6 +26,9 @@ def ledger_specs(asset: str) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(LEDGER_SUMS, asset=asset, blocking=True,
                           description="Each month's total row equals the sum of its model and human rows."),
+        dg.AssetCheckSpec(LEDGER_MATCHES_CALLS, asset=asset, blocking=True,
+                          description="Each month's model rows add up to every attempt stored in model_calls for that "
+                                      "month (calls and USD): no billed call falls out of the books."),
         dg.AssetCheckSpec(WITHIN_BUDGET, asset=asset,
                           description="Each month's model spend is within the project's monthly budget."),
     ]
@@ -94,6 +98,36 @@ def ledger_sums(ledger: pd.DataFrame) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=LEDGER_SUMS, passed=not problems,
                                metadata={"months": int(ledger["month"].nunique()) if len(ledger) else 0,
                                          "problems": "; ".join(problems) or "none"})
+
+
+def billed_by_month(conn, window: dg.TimeWindow) -> pd.DataFrame:
+    """What model_calls holds per month of the window: attempts and USD, every one once."""
+    from labeling_dagster.resources.warehouse import naive_utc
+
+    return conn.execute(
+        "SELECT month, COUNT(*) AS calls, SUM(usd) AS usd FROM model_calls WHERE month >= ? AND month < ? GROUP BY month",
+        [naive_utc(window.start), naive_utc(window.end)],
+    ).df()
+
+
+def ledger_matches_calls(billed: pd.DataFrame, ledger: pd.DataFrame) -> dg.AssetCheckResult:
+    """The ledger's model rows against model_calls, month by month (to a millionth of a cent)."""
+    model = ledger[ledger["kind"] == "model"].groupby("month")[["calls", "usd"]].sum() if len(ledger) else None
+    problems = []
+    for month in sorted(set(billed["month"]) | (set(model.index) if model is not None else set())):
+        calls = billed[billed["month"] == month]
+        want_calls, want_usd = (int(calls["calls"].sum()), float(calls["usd"].sum())) if len(calls) else (0, 0.0)
+        have_calls, have_usd = ((int(model.loc[month, "calls"]), float(model.loc[month, "usd"]))
+                                if model is not None and month in model.index else (0, 0.0))
+        if have_calls != want_calls or abs(have_usd - want_usd) > 1e-8:
+            problems.append(f"{month:%Y-%m}: ledger {have_calls} calls ${have_usd:.6f}, "
+                            f"model_calls {want_calls} calls ${want_usd:.6f}")
+    return dg.AssetCheckResult(
+        check_name=LEDGER_MATCHES_CALLS, passed=not problems,
+        metadata={"billed_usd": float(billed["usd"].sum()) if len(billed) else 0.0,
+                  "billed_calls": int(billed["calls"].sum()) if len(billed) else 0,
+                  "problems": "; ".join(problems) or "none"},
+    )
 
 
 def within_budget(ledger: pd.DataFrame, budget_usd: float) -> dg.AssetCheckResult:

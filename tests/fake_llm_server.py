@@ -67,6 +67,58 @@ class Scripted:
     logprobs: list[dict[str, Any]] | None = None
 
 
+@dataclass
+class Faults:
+    """SIMULATED provider faults (benchmarks/faults.py): each online chat/messages request draws one
+    outcome from a hash of (seed, path, model, system prompt, user message, how many times this exact
+    request was seen), so a run is deterministic whatever the thread interleaving. Shares of requests:
+    `server_error` (500, Anthropic 529), `rate_limited` (429 with Retry-After), `slow` (answered after
+    `slow_s`, beyond the tier's timeout: the client has gone, so it is not billed), and, answered 200
+    and billed, `malformed` (JSON cut in half), `off_taxonomy` (one item's label not in the enum),
+    `drop_items` (one item left out of the answer). Every request first waits up to `latency_s` (its
+    share drawn from the same hash), so requests sent together come back one by one."""
+
+    seed: int = 0
+    latency_s: float = 0.0
+    server_error: float = 0.0
+    rate_limited: float = 0.0
+    retry_after_s: float = 0.5
+    slow: float = 0.0
+    slow_s: float = 3.0
+    malformed: float = 0.0
+    off_taxonomy: float = 0.0
+    drop_items: float = 0.0
+
+    KINDS = ("server_error", "rate_limited", "slow", "malformed", "off_taxonomy", "drop_items")
+
+    def draw(self, u: float) -> str | None:
+        edge = 0.0
+        for kind in self.KINDS:
+            edge += getattr(self, kind)
+            if u < edge:
+                return kind
+        return None
+
+
+@dataclass
+class Billed:
+    """One request the SIMULATED server answered 200 with usage, i.e. billed: its USD (from the
+    server's `price_usd`), normalised usage, the fault drawn (None: a clean answer), and per item of
+    the request (item_key, whether the answer held a valid entry for it). `item_key` hashes the model,
+    the system prompt and the item's line without its short id (its text and the earlier answers
+    shown), so the same inputs in another grouping of items have the same key."""
+
+    seq: int
+    path: str
+    model: str
+    usd: float
+    usage: dict[str, int]
+    fault: str | None
+    items: list[tuple[str, bool]]
+    phase: str = ""
+    at: float = 0.0
+
+
 class _Bucket:
     def __init__(self, per_minute: float, burst_s: float) -> None:
         self.rate = per_minute / 60.0
@@ -99,6 +151,9 @@ class FakeLLMServer:
         cache_min_tokens: int = 1024,
         batch_polls_before_done: int = 1,
         forget: bool = False,
+        faults: Faults | None = None,
+        confidence_of: Callable[[dict[str, Any], str], float] | None = None,
+        price_usd: Callable[[str, dict[str, int]], float] | None = None,
     ) -> None:
         self.answer = answer
         self.confidence = confidence
@@ -123,6 +178,20 @@ class FakeLLMServer:
         self._seen_prefixes: set[str] = set()
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        # Fault-injection mode (benchmarks/faults.py): with `faults` set, online requests draw faults and
+        # every request answered 200 is recorded in `billed`. `confidence_of(item_row, user_message)`
+        # replaces the fixed confidence (SIMULATED: a model whose confidence depends on the item and,
+        # a little, on the other items of the request); `price_usd(model, usage)` prices a billed request.
+        self.faults = faults
+        self.confidence_of = confidence_of
+        self.price_usd = price_usd
+        self.billed: list[Billed] = []
+        self.fault_counts: dict[str, int] = {}
+        self.phase = ""  # a label the benchmark sets; copied into each Billed
+        self.online_requests = 0  # online chat/messages requests received in fault mode
+        self._seen_requests: dict[str, int] = {}
+        self._open = threading.Event()
+        self._open.set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -214,6 +283,12 @@ class FakeLLMServer:
                 time.sleep(scripted.delay_s)
             if scripted.body is not None or scripted.status != 200:
                 return scripted.status, scripted.body or {"error": {"message": "scripted failure"}}, scripted.headers
+        too_long = getattr(self, "max_request_chars", None)  # SIMULATED context window: a longer request is refused
+        if too_long and method == "POST" and path in ("/v1/chat/completions", "/v1/messages") and len(json.dumps(body)) > too_long:
+            return 400, {"error": {"type": "invalid_request_error",
+                                   "message": f"maximum context length exceeded ({len(json.dumps(body))} > {too_long} characters)"}}, {}
+        if self.faults is not None and method == "POST" and path in ("/v1/chat/completions", "/v1/messages"):
+            return self._with_faults(path, body, scripted)
         if method == "POST" and path == "/v1/chat/completions":
             return self._chat(body, scripted)
         if method == "POST" and path == "/v1/messages":
@@ -314,10 +389,110 @@ class FakeLLMServer:
                 continue
             if isinstance(row, dict) and "id" in row and "text" in row:
                 label = self.answer(row["text"], labels)
+                confidence = self.confidence if self.confidence_of is None else self.confidence_of(row, user)
                 answers.append(
-                    {"id": row["id"], "label": label, "confidence": self.confidence, "reason": SIMULATED_REASON}
+                    {"id": row["id"], "label": label, "confidence": confidence, "reason": SIMULATED_REASON}
                 )
         return answers
+
+    # --- fault-injection mode ----------------------------------------------------------------
+    def hold(self) -> None:
+        """Stop answering online requests: those not answered yet (arriving, or still in their latency)
+        wait, unanswered and unbilled, until `release`, which fails them with 503 (benchmarks/faults.py
+        holds the server before it kills a run, so nothing is billed that the run could not have received)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def _with_faults(self, path: str, body: dict[str, Any], scripted: Scripted | None) -> tuple[int, Any, dict[str, str]]:
+        assert self.faults is not None
+        anthropic = path == "/v1/messages"
+        system, user, labels = _request_parts(path, body)
+        key = hashlib.sha256("\n".join([path, body.get("model", ""), system, user]).encode()).hexdigest()
+        with self._lock:
+            seen = self._seen_requests.get(key, 0)
+            self._seen_requests[key] = seen + 1
+            self.online_requests += 1
+        digest = hashlib.sha256(f"{self.faults.seed}\n{key}\n{seen}".encode()).digest()
+        if self.faults.latency_s:
+            time.sleep(self.faults.latency_s * digest[9] / 255)
+        if not self._open.is_set():  # held (see `hold`): never answered, never billed
+            self._open.wait()
+            return 503, {"error": {"type": "overloaded_error", "message": "held (simulated)"}}, {}
+        fault = self.faults.draw(int.from_bytes(digest[:8], "big") / 2**64) if scripted is None else None
+        with self._lock:
+            self.fault_counts[fault or "none"] = self.fault_counts.get(fault or "none", 0) + 1
+        if fault == "server_error":
+            return (529 if anthropic else 500), {"error": {"type": "api_error", "message": "simulated server error"}}, {}
+        if fault == "rate_limited":
+            wait = self.faults.retry_after_s
+            return 429, {"error": {"type": "rate_limit_error", "message": "Rate limit reached (simulated)"}}, {
+                "retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+        if fault == "slow":
+            time.sleep(self.faults.slow_s)  # the client's timeout has passed: it is gone, nothing is billed
+            return 504, {"error": {"type": "timeout", "message": "answered too late (simulated)"}}, {}
+        if fault is not None:
+            answers = self._answers(user, labels)
+            pick = digest[8] % max(len(answers), 1)
+            if fault == "malformed":
+                text = json.dumps({"items": answers})
+                content: Any = text[: len(text) // 2]
+            elif fault == "off_taxonomy":
+                if answers:
+                    answers[pick] = {**answers[pick], "label": "not_a_label"}
+                content = {"items": answers}
+            else:  # drop_items
+                content = {"items": [a for i, a in enumerate(answers) if i != pick]}
+            scripted = Scripted(path=path, content=content)
+        status, payload, headers = (self._messages if anthropic else self._chat)(body, scripted)
+        if status == 200:
+            self._bill(path, body, system, user, labels, payload, fault)
+        return status, payload, headers
+
+    def _bill(self, path: str, body: dict[str, Any], system: str, user: str, labels: list[str],
+              payload: dict[str, Any], fault: str | None) -> None:
+        model = body.get("model", "")
+        if path == "/v1/messages":
+            u = payload["usage"]
+            written = u.get("cache_creation_input_tokens") or 0
+            usage = {"input_tokens": u["input_tokens"] + written + (u.get("cache_read_input_tokens") or 0),
+                     "cached_input_tokens": u.get("cache_read_input_tokens") or 0, "cache_write_tokens": written,
+                     "cache_write_1h_tokens": (u.get("cache_creation") or {}).get("ephemeral_1h_input_tokens") or 0,
+                     "output_tokens": u["output_tokens"]}
+            answer: Any = None
+            for block in payload["content"]:
+                if block["type"] == "tool_use":
+                    answer = block["input"]
+                elif block["type"] == "text":
+                    answer = block["text"]
+        else:
+            u = payload["usage"]
+            usage = {"input_tokens": u["prompt_tokens"],
+                     "cached_input_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+                     "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": u["completion_tokens"]}
+            answer = payload["choices"][0]["message"]["content"]
+        if isinstance(answer, str):
+            try:
+                answer = json.loads(answer)
+            except json.JSONDecodeError:
+                answer = None
+        entries = answer.get("items") if isinstance(answer, dict) else None
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict):
+                by_id.setdefault(str(entry.get("id")), []).append(entry)
+        items = []
+        system_hash = hashlib.sha256(system.encode()).hexdigest()
+        for row in _item_rows(user):
+            given = by_id.get(str(row["id"]), [])
+            confidence = given[0].get("confidence") if len(given) == 1 else None
+            valid = (len(given) == 1 and given[0].get("label") in labels and isinstance(confidence, (int, float))
+                     and not isinstance(confidence, bool) and 0 <= confidence <= 1)
+            items.append((item_key(model, system_hash, row), valid))
+        usd = self.price_usd(model, usage) if self.price_usd is not None else 0.0
+        with self._lock:
+            self.billed.append(Billed(len(self.billed) + 1, path, model, usd, usage, fault, items, self.phase, time.time()))
 
     def _upload(self, body: bytes, ctype: str) -> tuple[int, Any, dict[str, str]]:
         message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
@@ -492,6 +667,42 @@ class FakeLLMServer:
             "ended_at": "2026-11-01T00:10:00Z" if ended else None,
             "results_url": f"{self.url}/v1/messages/batches/{batch_id}/results" if ended else None,
         }
+
+
+def _request_parts(path: str, body: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """(system prompt, user message, label enum) of an online chat or messages request."""
+    if path == "/v1/messages":
+        blocks = body.get("system") or []
+        system = blocks if isinstance(blocks, str) else "\n".join(block["text"] for block in blocks)
+        content = body["messages"][-1]["content"]
+        user = content if isinstance(content, str) else "\n".join(b.get("text", "") for b in content)
+        tools = body.get("tools") or []
+        schema = tools[0]["input_schema"] if tools else (body.get("output_config") or {}).get("format", {}).get("schema", {})
+        return system, user, _enum_of(schema)
+    messages = body["messages"]
+    system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+    user = "\n".join(m["content"] for m in messages if m["role"] == "user")
+    return system, user, _enum_of(body.get("response_format", {}).get("json_schema", {}).get("schema", {}))
+
+
+def _item_rows(user: str) -> list[dict[str, Any]]:
+    """The item lines of a user message (JSON objects with an id and a text)."""
+    rows = []
+    for line in user.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "id" in row and "text" in row:
+            rows.append(row)
+    return rows
+
+
+def item_key(model: str, system_hash: str, row: dict[str, Any]) -> str:
+    """An item's inputs as a request shows them: the model, the system prompt (its hash), and the
+    item's line without its short id (text, earlier answers), whichever request carries it."""
+    shown = json.dumps({k: v for k, v in row.items() if k != "id"}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(f"{model}\n{system_hash}\n{shown}".encode()).hexdigest()[:32]
 
 
 def _enum_of(schema: dict[str, Any]) -> list[str]:

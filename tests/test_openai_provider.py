@@ -179,9 +179,15 @@ def test_bad_key_stops_the_run_and_bad_request_fails_the_call(server):
     with pytest.raises(ProviderConfigError, match="HTTP 401: Incorrect API key.*OPENAI_API_KEY"):
         OpenAIProvider(api_key="sk-wrong").label_batch(task(tier(server)))
     server.enqueue("/v1/chat/completions", status=400, body={"error": {"message": "context too long"}})
-    outcome = OpenAIProvider().label_batch(task(tier(server)))
-    assert outcome.status == "error" and "context too long" in outcome.failures["t0"]
+    outcome = OpenAIProvider().label_batch(task(tier(server), TEXTS[:1]))
+    assert outcome.status == "rejected" and "context too long" in outcome.failures["t0"]
     assert len(server.calls("/v1/chat/completions")) == 2  # no retry of a 400
+    # a refused request of several items is split (tests/test_integrity.py); refused again whole, all fail
+    for _ in range(2):
+        server.enqueue("/v1/chat/completions", status=400, body={"error": {"message": "invalid schema"}})
+    outcome = OpenAIProvider().label_batch(task(tier(server)))
+    assert outcome.status == "rejected" and all("invalid schema" in why for why in outcome.failures.values())
+    assert len(server.calls("/v1/chat/completions")) == 4  # the request, then once without its longest item
 
 
 def test_unknown_option_is_refused(server):

@@ -171,3 +171,94 @@ def test_a_429_pauses_the_limiter_for_everyone():
 
     call_with_retries(send, lambda exc: Transient("HTTP 429", 2.0), RetryPolicy(), limiter=limiter, sleep=lambda s: None, rng=random.Random(0))
     assert limiter.delay(1) >= 2.0
+
+
+# --- giving back the reservation of a request the provider did not count (issue 12, 7b) ---
+
+
+def test_release_gives_back_a_failed_requests_tokens_but_not_its_request():
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, tpm=6000, burst_s=1.0, clock=clock, sleep=clock.sleep)  # 1 request, 100 tokens a second
+    limiter.acquire(tokens=60_000)  # ten minutes' worth of tokens: the bucket is in debt
+    assert limiter.delay(1) == pytest.approx(600.0, rel=0.01)
+    limiter.release(60_000)  # the provider refused it (a 400): it counted none of them
+    assert limiter.delay(1) == pytest.approx(1.0)  # only the request's own slot is still taken
+    clock.now += 1.0
+    assert limiter.delay(100) == 0.0  # the token bucket is full again, not past its capacity
+    limiter.acquire(100)
+    assert limiter.delay(1) > 0
+
+
+def test_a_waiting_caller_goes_as_soon_as_a_reservation_is_released():
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=6000, burst_s=1.0, clock=clock, sleep=lambda s: (clock.sleep(s), limiter.release(60_000)))
+    limiter.acquire(tokens=60_000)  # another caller's request, in flight
+    # This caller computes a wait of ten minutes; the first request fails and gives its tokens back
+    # while it sleeps, so it looks again after one short nap and goes.
+    waited = limiter.acquire(tokens=10)
+    assert waited == pytest.approx(1.0)
+    assert clock.now == pytest.approx(1.0)
+
+
+def test_sdk_timeouts_may_have_run_other_transient_errors_did_not():
+    import anthropic
+    import httpx2 as httpx  # the HTTP client both SDKs are built on
+    import openai
+
+    from labeling_dagster.core.ratelimit import sdk_error_classifier
+
+    request = httpx.Request("POST", "http://127.0.0.1/v1/messages")
+    for sdk in (openai, anthropic):
+        classify = sdk_error_classifier(sdk.APIStatusError, sdk.APIConnectionError)
+        assert classify(sdk.APITimeoutError(request=request)).may_have_run is True
+        assert classify(sdk.APIConnectionError(request=request)).may_have_run is False
+        limited = sdk.RateLimitError("slow", response=httpx.Response(429, request=request), body=None)
+        assert classify(limited) == Transient("HTTP 429", None, may_have_run=False)
+
+
+def test_a_rejected_request_with_a_huge_estimate_does_not_delay_the_next_one():
+    """At the HTTP boundary: the real OpenAI SDK against the SIMULATED server (tests/fake_llm_server.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_llm_server import FakeLLMServer
+
+    from labeling_dagster.core.labels import Item, LabelTask, content_hash
+    from labeling_dagster.project import LabelDef, Taxonomy, TierConfig
+    from labeling_dagster.resources.openai_provider import OpenAIProvider
+
+    taxonomy = Taxonomy(labels=[LabelDef(name=n) for n in ("card_arrival", "refund")])
+    tier = TierConfig(name="first_pass", role="first_pass", provider="openai", model="gpt-5-nano", options={
+        "tpm": 6000, "max_retries": 1, "backoff_s": 0.01, "max_backoff_s": 0.02, "timeout_s": 0.3})
+
+    def one(text: str, on: TierConfig = tier) -> LabelTask:
+        return LabelTask(taxonomy=taxonomy, tier=on, items=[Item("t0", text, content_hash(text))])
+
+    huge = one("please refund the card " * 1500)  # about 7,500 estimated tokens: 75 s of a 6,000 TPM bucket
+    with FakeLLMServer() as server:
+        tier.options["base_url"] = server.openai_base_url
+        provider = OpenAIProvider()
+        limiter = provider._limiter(tier)
+
+        server.enqueue("/v1/chat/completions", status=400, body={"error": {"message": "context too long", "type": "invalid_request_error"}})
+        rejected = provider.label_batch(huge)
+        assert rejected.status == "rejected" and "context too long" in rejected.error
+        assert limiter.delay(100) == 0.0  # a full bucket: the next request goes at once
+
+        for _ in range(2):  # retries run out on 500s: neither attempt was counted
+            server.enqueue("/v1/chat/completions", status=500)
+        exhausted = provider.label_batch(huge)
+        assert "gave up after 2 attempts" in exhausted.error
+        assert limiter.delay(100) == 0.0
+
+        assert provider.label_batch(one("refund me")).status == "ok"  # a real answer: adjusted to its usage
+        assert len(server.calls("/v1/chat/completions")) == 4
+
+        # A timeout may have run on the provider's side: its reservation stands (a tier of its own,
+        # without retries, so that no retry waits for it).
+        slow = tier.model_copy(update={"name": "slow", "options": {**tier.options, "max_retries": 0}})
+        server.enqueue("/v1/chat/completions", delay_s=0.6)
+        late = provider.label_batch(one(huge.items[0].text, slow))
+        assert "gave up after 1 attempts: Request timed out" in late.error
+        assert provider._limiter(slow).delay(100) > 30.0

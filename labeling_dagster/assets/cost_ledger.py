@@ -9,25 +9,35 @@ from labeling_dagster.assets.final_labels import human_outcome
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_columns, read_window, replace_window
 
-# Each call is counted once per month, at what it cost when it was paid; a call first paid in another
-# month (the same batch seen again) costs this month nothing and shows only as reused.
+# Money: every attempt stored in model_calls is counted once, in the month that paid it (a superseded
+# call, a repair, an error's retry included), by the stage that paid it (the golden run or the tier).
+# Items and reuse come from the current label rows: a call first paid in another month (the same golden
+# item seen again) costs this month nothing and shows only as reused.
 MODEL_ROWS = """
-    WITH used AS (
-        SELECT DISTINCT tier, provider, model, call_id, reused FROM incoming_labels WHERE call_id IS NOT NULL
-    ), items AS (
-        SELECT tier, provider, model, COUNT(DISTINCT item_id) AS items FROM incoming_labels GROUP BY ALL
+    WITH golden_calls AS (
+        SELECT DISTINCT call_id FROM incoming_labels WHERE starts_with(tier, 'golden_run:') AND call_id IS NOT NULL
+    ), paid AS (
+        SELECT CASE WHEN stage = 'golden_labels' OR (stage IS NULL AND call_id IN (SELECT call_id FROM golden_calls))
+                    THEN 'golden_run:' || tier ELSE tier END AS tier,
+               provider, model, COUNT(*) AS calls,
+               SUM(input_tokens) AS input_tokens, SUM(cached_input_tokens) AS cached_input_tokens,
+               SUM(output_tokens) AS output_tokens, SUM(compute_s) AS compute_s, SUM(usd) AS usd
+        FROM model_calls WHERE month = $month GROUP BY ALL
+    ), used AS (
+        SELECT tier, provider, model, COUNT(DISTINCT item_id) AS items,
+               COUNT(DISTINCT call_id) FILTER (WHERE reused) AS calls_reused
+        FROM incoming_labels GROUP BY ALL
+    ), reused AS (
+        SELECT u.tier, u.provider, u.model, SUM(c.usd) AS usd_reused
+        FROM (SELECT DISTINCT tier, provider, model, call_id FROM incoming_labels WHERE reused) u
+        JOIN model_calls c ON c.call_id = u.call_id AND c.month = $month GROUP BY ALL
     )
-    SELECT u.tier, u.provider, u.model, any_value(i.items) AS items,
-           COUNT(*) AS calls, COUNT(*) FILTER (WHERE u.reused) AS calls_reused,
-           COALESCE(SUM(c.input_tokens), 0) AS input_tokens,
-           COALESCE(SUM(c.cached_input_tokens), 0) AS cached_input_tokens,
-           COALESCE(SUM(c.output_tokens), 0) AS output_tokens,
-           COALESCE(SUM(c.compute_s), 0) AS compute_s,
-           COALESCE(SUM(c.usd) FILTER (WHERE c.month = $month), 0) AS usd,
-           COALESCE(SUM(c.usd) FILTER (WHERE c.month = $month AND u.reused), 0) AS usd_reused
-    FROM used u JOIN items i USING (tier, provider, model)
-    LEFT JOIN model_calls c ON c.call_id = u.call_id
-    GROUP BY ALL ORDER BY u.tier
+    SELECT tier, provider, model, COALESCE(u.items, 0) AS items, COALESCE(p.calls, 0) AS calls,
+           COALESCE(u.calls_reused, 0) AS calls_reused, COALESCE(p.input_tokens, 0) AS input_tokens,
+           COALESCE(p.cached_input_tokens, 0) AS cached_input_tokens, COALESCE(p.output_tokens, 0) AS output_tokens,
+           COALESCE(p.compute_s, 0) AS compute_s, COALESCE(p.usd, 0) AS usd, COALESCE(r.usd_reused, 0) AS usd_reused
+    FROM paid p FULL OUTER JOIN used u USING (tier, provider, model) LEFT JOIN reused r USING (tier, provider, model)
+    ORDER BY tier, provider, model
 """
 
 
@@ -57,12 +67,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                     "WHERE month >= $start AND month < $end"
                     for table, tier in [*((t, "tier") for t in LABEL_TABLES), ("golden_labels", "'golden_run:' || tier")]
                 ), {"start": stamp, "end": naive_utc(window.end)}).df()
-                if len(labels):
-                    incoming_labels = labels  # noqa: F841 (read by name in MODEL_ROWS)
-                    model = conn.execute(MODEL_ROWS, {"month": stamp}).df()
-                else:
-                    model = pd.DataFrame()
-                model = model.assign(kind="model")
+                incoming_labels = labels  # noqa: F841 (read by name in MODEL_ROWS)
+                model = conn.execute(MODEL_ROWS, {"month": stamp}).df().assign(kind="model")
                 queue = read_columns(conn, "review_queue", window, "item_id")
                 done = read_window(conn, "review_consensus", window)
                 pending = human_outcome(conn, window, queue["item_id"], review.usd_per_review) if len(queue) else None
@@ -89,6 +95,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 ledger[column] = ledger[column].fillna(0).astype("int64")
             ledger[["compute_s", "usd_reused"]] = ledger[["compute_s", "usd_reused"]].fillna(0.0)
             replace_window(conn, "cost_ledger", ledger, context.partition_time_window)
+            conn_totals = checks.billed_by_month(conn, context.partition_time_window)
         shown = ledger[["month", "kind", "tier", "model", "items", "calls", "calls_reused", "usd"]].assign(
             month=ledger["month"].dt.strftime("%Y-%m"), usd=ledger["usd"].round(4))
         totals = ledger[ledger["kind"] == "total"]
@@ -100,7 +107,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 "budget_usd": spec.budget.monthly_usd,
                 "ledger": dg.MetadataValue.md(shown.to_markdown(index=False)),
             },
-            check_results=[checks.ledger_sums(ledger), checks.within_budget(ledger, spec.budget.monthly_usd)],
+            check_results=[checks.ledger_sums(ledger), checks.ledger_matches_calls(conn_totals, ledger),
+                           checks.within_budget(ledger, spec.budget.monthly_usd)],
         )
 
     return cost_ledger

@@ -14,7 +14,7 @@ from labeling_dagster.resources.warehouse import Warehouse, naive_utc, read_wind
 TOKENS_PER_ITEM = """
     SELECT SUM(input_tokens) / SUM(item_count), SUM(output_tokens) / SUM(item_count),
            SUM(cached_input_tokens) / SUM(item_count)
-    FROM model_calls WHERE tier = ? AND model = ? AND status <> 'error' AND item_count > 0
+    FROM model_calls WHERE tier = ? AND model = ? AND status NOT IN ('error', 'rejected') AND item_count > 0
 """
 
 

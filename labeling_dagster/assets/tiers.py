@@ -235,7 +235,8 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
     if shard.batch:
         tier = tier.model_copy(update={"options": {**tier.options, "mode": "batch"}})
     budget = Budget(monthly_usd=shard.budget_cap_usd, on_exceeded=shard.on_exceeded)
-    totals = {"items": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0, "budget_stopped": 0}
+    totals = {"items": 0, "items_reused": 0, "calls_made": 0, "calls_reused": 0, "usd_paid": 0.0, "failures": 0,
+              "budget_stopped": 0}
     routes: dict[str, int] = {}
     failure_reasons: dict[str, int] = {}
     window = shard.window
@@ -252,7 +253,7 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
         conn.execute(f"DELETE FROM {stage.asset}")
         price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
         for todo, prior, earlier in _todo_chunks(stage, conn, window, shards.page_rows(tier.items_per_request)):
-            cache = DuckDBCallCache(conn, window.start, run_id)
+            cache = DuckDBCallCache(conn, window.start, run_id, stage=stage.asset)
             (spent_here,) = conn.execute(made_here, [naive_utc(window.start)]).fetchone()
             try:
                 result = run_tier(
@@ -291,11 +292,12 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
             totals["items"] += len(todo)
             totals["calls_made"] += result.calls_made
             totals["calls_reused"] += len(result.reused_calls)
+            totals["items_reused"] += result.reused_items
             totals["usd_paid"] += result.usd_paid
             totals["failures"] += sum(1 for item in todo if item.item_id not in result.answers)
             totals["budget_stopped"] += result.budget_stopped
             log.info(f"{shard.month} {stage.role} shard {shard.index + 1}/{shard.count}: {totals['items']}/{shard.items} "
-                     f"items, {result.calls_made} calls made, {len(result.reused_calls)} reused, ${result.usd_paid:.4f} paid")
+                     f"items, {result.calls_made} calls made, {result.reused_items} items' answers reused, ${result.usd_paid:.4f} paid")
     after = providers[tier.provider].stats(tier.name).__dict__ if tier.provider != "local" else {}
     # A provider resource lives as long as its process: in process, its counts add up over the shards.
     stats = {name: value - stats_before.get(name, 0) for name, value in after.items()}
@@ -363,7 +365,7 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage, scale: Scale) -> dg
 
 def _metadata(tier: TierConfig | None, results: list[dict]) -> dict:
     totals = {name: sum((result[name] for result in results), 0.0 if name == "usd_paid" else 0)
-              for name in ("items", "calls_made", "calls_reused", "usd_paid", "failures", "budget_stopped")}
+              for name in ("items", "items_reused", "calls_made", "calls_reused", "usd_paid", "failures", "budget_stopped")}
     routes = _summed(results, "routes")
     routes_table = pd.DataFrame({"next_step": list(routes), "items": list(routes.values())})
     failure_reasons = _summed(results, "failure_reasons")

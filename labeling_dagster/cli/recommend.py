@@ -51,7 +51,7 @@ def prompt_tokens(project: Project, month: str, warehouse: str | None) -> pd.Dat
             reported = {
                 tier: value for tier, value in conn.execute(
                     "SELECT tier, SUM(input_tokens) / SUM(item_count) FROM model_calls WHERE month = ? "
-                    "AND status <> 'error' AND input_tokens > 0 GROUP BY 1", [f"{month}-01"]).fetchall()
+                    "AND status NOT IN ('error', 'rejected') AND input_tokens > 0 GROUP BY 1", [f"{month}-01"]).fetchall()
             }
     rows = []
     for tier in project.tiers:

@@ -282,15 +282,46 @@ def outcome_from_reply(prompt: Prompt, taxonomy: Taxonomy, reply: Reply) -> Call
     )
 
 
-def failed_outcome(task: LabelTask, error: str, usage: Usage = Usage()) -> CallOutcome:
+def failed_outcome(task: LabelTask, error: str, usage: Usage = Usage(), *, status: str = "error") -> CallOutcome:
     """A call that produced nothing usable (the provider refused the request, retries ran out):
-    every item fails with the call's error, and goes on to the next tier."""
+    every item fails with the call's error, and goes on to the next tier. `status` is "rejected" when
+    the provider refused the request itself (an HTTP 400: something in it, perhaps one item, is wrong)."""
     return CallOutcome(
         answers=[],
         failures={item.item_id: error for item in task.items},
         usage=usage,
-        status="error",
+        status=status,
         error=error,
+    )
+
+
+def without_item(task: LabelTask, item_id: str) -> LabelTask:
+    """The same task less one item."""
+    return LabelTask(
+        taxonomy=task.taxonomy,
+        tier=task.tier,
+        items=[item for item in task.items if item.item_id != item_id],
+        prior={key: answers for key, answers in task.prior.items() if key != item_id},
+    )
+
+
+def combine_outcomes(parts: list[CallOutcome]) -> CallOutcome:
+    """One outcome for a request that was sent in parts (split after the provider rejected it whole)."""
+    answers = [answer for part in parts for answer in part.answers]
+    failures = {item_id: reason for part in parts for item_id, reason in part.failures.items()}
+    usage = Usage()
+    for part in parts:
+        usage = add_usage(usage, part.usage)
+    errors = [part.error for part in parts if part.error]
+    return CallOutcome(
+        answers=answers,
+        failures=failures,
+        usage=usage,
+        latency_s=sum(part.latency_s for part in parts),
+        compute_s=sum(part.compute_s for part in parts),
+        batch=parts[0].batch,
+        status=outcome_status(answers, failures),
+        error=None if answers or not errors else errors[0],
     )
 
 

@@ -19,6 +19,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+_NAP_S = 1.0  # the longest a waiting caller sleeps before it looks at the buckets again
+
+
 class RateLimiter:
     """Two token buckets, one for requests and one for tokens, each refilled continuously at its
     per-minute limit. A bucket holds `burst_s` seconds' worth: providers enforce per-minute limits
@@ -27,6 +30,11 @@ class RateLimiter:
     it in debt, so any request can pass and the average rate still holds.
 
     `None` for a limit means unlimited. `pause(seconds)` holds every caller back, e.g. after a 429.
+
+    A reservation stands until the call's fate is known: `adjust` once the provider reports what a
+    call counted, `release` when it counted nothing (the request failed before the provider ran
+    it). A waiting caller looks again at least every `_NAP_S` seconds, so a released reservation
+    lets it go at once instead of after the wait it computed while the bucket was in debt.
     """
 
     def __init__(
@@ -68,8 +76,9 @@ class RateLimiter:
                     for name, bucket in self._buckets.items():
                         bucket.level -= 1 if name == "requests" else tokens
                     return waited
-            self._sleep(wait)
-            waited += wait
+            nap = min(wait, _NAP_S)
+            self._sleep(nap)
+            waited += nap
 
     def adjust(self, estimated_tokens: int, actual_tokens: int) -> None:
         """Correct the token bucket once the provider reports what a call really counted."""
@@ -78,6 +87,14 @@ class RateLimiter:
             if bucket is not None:
                 bucket.refill(self._clock())
                 bucket.level = min(bucket.capacity, bucket.level + estimated_tokens - actual_tokens)
+
+    def release(self, estimated_tokens: int) -> None:
+        """Give back the tokens reserved for a request the provider did not count: it refused it
+        (HTTP 400, 401, ...; a 429 or 5xx too) or it never reached the provider (a connection error).
+        Otherwise a failed request with a large estimate would leave the bucket in debt and hold the
+        next requests back for minutes. The request itself stays counted (it may have reached the
+        server), and a 429's wait is the `pause`, not the bucket's business."""
+        self.adjust(estimated_tokens, 0)
 
     def pause(self, seconds: float) -> None:
         with self._lock:
@@ -119,10 +136,18 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Transient:
-    """A failure worth retrying, and how long the provider asked us to wait (None: not said)."""
+    """A failure worth retrying, and how long the provider asked us to wait (None: not said).
+
+    `may_have_run`: the request may have reached the provider and been counted against its limits
+    (a timeout: the answer was late, not necessarily refused), so its reservation is kept. Any other
+    transient failure (429, 408, 409, 5xx, a connection error) was not counted: its reservation goes
+    back (RateLimiter.release). For a 429 that is right too: the Retry-After pause holds every caller
+    back for as long as the provider asks, and keeping the reservation as well would make the retry
+    wait once for the pause and again for its own tokens, reserved a second time when it is sent."""
 
     reason: str
     retry_after_s: float | None = None
+    may_have_run: bool = False
 
 
 class RetriesExhausted(Exception):
@@ -201,7 +226,8 @@ def sdk_error_classifier(
 ) -> Callable[[BaseException], Transient | None]:
     """A classifier for an official SDK's exceptions (OpenAI and Anthropic share the shape):
     429, 408, 409 and 5xx (Anthropic's 529 "overloaded" included) and connection errors and
-    timeouts are transient; any other status (400 bad request, 401 bad key, ...) is not."""
+    timeouts are transient; any other status (400 bad request, 401 bad key, ...) is not. A timeout
+    (both SDKs' APITimeoutError, a subclass of their connection error) may have run."""
 
     def classify(exc: BaseException) -> Transient | None:
         if isinstance(exc, status_error):
@@ -212,7 +238,7 @@ def sdk_error_classifier(
                 return Transient(f"HTTP {status}", retry_after_seconds(headers))
             return None
         if isinstance(exc, connection_error):
-            return Transient(type(exc).__name__)
+            return Transient(type(exc).__name__, may_have_run="Timeout" in type(exc).__name__)
         return None
 
     return classify

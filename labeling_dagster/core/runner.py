@@ -1,11 +1,18 @@
-"""Running one tier over a month's items: batching, the call cache, the budget guard, costing.
+"""Running one tier over a month's items: per-item reuse of stored answers, batching, the budget
+guard, costing.
 
-Provider-agnostic. Every call is keyed (core.labels.call_key) and stored as soon as it returns, so a
-rerun, a backfill or a resume after a crash reuses stored answers and pays nothing for them.
+Provider-agnostic. Reuse is per item: an item whose identical inputs (provider, model, prompt
+version, item id and text, the earlier answers its prompt shows) already have a stored answer is
+never sent again, whatever other items reach the tier this time; only the others are cut into
+requests. Every request the provider answers (the call, its repair, the parts of a split request)
+is stored the moment it returns, so a crash, a rerun, a backfill or a resume pays nothing twice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,7 +38,9 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass(frozen=True)
 class CallRecord:
-    call_id: str
+    """One request the provider answered or refused, as stored: every billed attempt is one record."""
+
+    call_id: str  # the request's key (core.labels.call_key), or, for a later attempt with the same key, one of its own
     tier: str
     provider: str
     model: str
@@ -40,14 +49,43 @@ class CallRecord:
     outcome: CallOutcome
     usd: float
     first_item: str | None = None  # the request's first item id: a shard finds the calls of its item range by it
+    request_key: str | None = None  # the key of what was asked; equal for every attempt at the same request
+    attempt: str = "call"  # call, repair (the items whose answer was unusable, asked again) or split (after a 400)
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item's stored result for identical inputs: its valid answer, or the failure it ended with
+    after the provider was asked twice (call and repair) and billed both times."""
+
+    item_key: str
+    item_id: str
+    answer: Answer | None
+    failure: str | None
+    call_id: str
 
 
 class CallCache(Protocol):
-    def get(self, call_id: str) -> CallRecord | None:
-        """A stored successful call, or None."""
+    def items(self, item_keys: list[str]) -> dict[str, ItemRecord]:
+        """The stored results of these item keys (those that have one)."""
         ...
 
-    def put(self, record: CallRecord) -> None: ...
+    def get(self, call_id: str) -> CallRecord | None:
+        """A stored call that answered (ok or partial) under this key: a warehouse written before
+        results were stored per item is still reused."""
+        ...
+
+    def put(self, record: CallRecord, items: list[ItemRecord]) -> str:
+        """Store one attempt and the item results it settled; returns the call id it was stored under."""
+        ...
+
+
+def item_key(provider: str, model: str, version: str, item: Item, prior: list[PriorAnswer]) -> str:
+    """What decides one item's answer: the same provider, model, prompt version, item id and text and
+    earlier answers (as the prompt shows them) always give the same key."""
+    shown = [(p.tier, p.label, p.confidence) for p in prior]
+    text = "\n".join([provider, model, version, f"{item.item_id}:{item.content_hash}:{json.dumps(shown)}"])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
 @dataclass
@@ -56,6 +94,7 @@ class TierResult:
     failures: dict[str, str] = field(default_factory=dict)
     call_of: dict[str, str] = field(default_factory=dict)
     reused_calls: set[str] = field(default_factory=set)
+    reused_items: int = 0
     version: str = ""
     calls_made: int = 0
     usd_paid: float = 0.0
@@ -65,6 +104,54 @@ class TierResult:
 def _chunks(items: list[Item], size: int) -> Iterable[list[Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _Recorder:
+    """Stores each attempt as the provider reports it (from any of its threads) and keeps the running spend."""
+
+    def __init__(self, provider: Provider, tier: TierConfig, cache: CallCache, price: ModelPrice | None,
+                 result: TierResult, spent: float, keys: dict[str, str]):
+        self.provider, self.tier, self.cache, self.price = provider, tier, cache, price
+        self.result, self.spent, self.keys = result, spent, keys
+        self.lock = threading.Lock()
+        self.answered_by: dict[str, str] = {}
+
+    def __call__(self, task: LabelTask, outcome: CallOutcome, *, attempt: str = "call", final: bool = True) -> None:
+        outcome = validate_outcome(outcome, task)
+        usd = 0.0
+        if self.price is not None:
+            usage = outcome.usage
+            usd = call_usd(
+                self.price,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                batch=outcome.batch,
+            )
+        version = self.provider.version(task)
+        key = call_key(self.provider.provider_name, self.tier.model, version, task)
+        if attempt != "call":
+            key = hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:40]
+        answered = outcome.usage.input_tokens > 0 or outcome.usage.output_tokens > 0 or self.price is None
+        items = []
+        for answer in outcome.answers:
+            items.append(ItemRecord(self.keys[answer.item_id], answer.item_id, answer, None, ""))
+        if final and answered and outcome.status not in ("error", "rejected"):
+            # the provider answered, was billed and (for an LLM) already asked again: that is these inputs' result
+            items += [ItemRecord(self.keys[item_id], item_id, None, reason, "") for item_id, reason in outcome.failures.items()]
+        record = CallRecord(key, self.tier.name, self.provider.provider_name, self.tier.model, version, len(task.items),
+                            outcome, usd, first_item=task.items[0].item_id, request_key=key, attempt=attempt)
+        with self.lock:
+            call_id = self.cache.put(record, items)
+            self.spent += usd
+            self.result.usd_paid += usd
+            self.result.calls_made += 1
+            for answer in outcome.answers:
+                self.answered_by[answer.item_id] = call_id
+            for item_id in outcome.failures:
+                self.answered_by.setdefault(item_id, call_id)
 
 
 def run_tier(
@@ -84,27 +171,46 @@ def run_tier(
     what the month has already spent, so the budget guard sees the whole month."""
     prior = prior or {}
     result = TierResult()
-    ordered = sorted(items, key=lambda item: item.item_id)  # stable batches, stable cache keys
+    ordered = sorted(items, key=lambda item: item.item_id)  # stable batches
+    if not ordered:
+        return result
+    result.version = provider.version(LabelTask(taxonomy, tier, ordered[:1]))
+    keys = {item.item_id: item_key(provider.provider_name, tier.model, result.version, item, prior.get(item.item_id, []))
+            for item in ordered}
+    stored = cache.items(list(keys.values()))
+    todo = []
+    for item in ordered:
+        found = stored.get(keys[item.item_id])
+        if found is None:
+            todo.append(item)
+            continue
+        if found.answer is not None:
+            result.answers[item.item_id] = found.answer
+        else:
+            result.failures[item.item_id] = found.failure or "no answer"
+        result.call_of[item.item_id] = found.call_id
+        result.reused_calls.add(found.call_id)
+        result.reused_items += 1
     tasks = [
         LabelTask(taxonomy, tier, batch, {item.item_id: prior.get(item.item_id, []) for item in batch})
-        for batch in _chunks(ordered, tier.items_per_request)
+        for batch in _chunks(todo, tier.items_per_request)
     ]
     pending: list[tuple[str, LabelTask]] = []
     for task in tasks:
-        version = provider.version(task)
-        result.version = version
-        key = call_key(provider.provider_name, tier.model, version, task)
-        stored = cache.get(key)
-        if stored is not None:
-            _absorb(result, key, task, stored.outcome)
+        key = call_key(provider.provider_name, tier.model, result.version, task)
+        legacy = cache.get(key)  # a call stored before results were stored per item, for these very items
+        if legacy is not None:
+            _absorb(result, {item.item_id: key for item in task.items}, validate_outcome(legacy.outcome, task))
             result.reused_calls.add(key)
+            result.reused_items += len(task.items)
         else:
             pending.append((key, task))
 
     label_many = getattr(provider, "label_batches", None)
-    spent = spent_before
+    record = _Recorder(provider, tier, cache, price, result, spent_before, keys)
     done = len(tasks) - len(pending)
     for group in _waves(pending, tier, concurrent=label_many is not None):
+        spent = record.spent
         projected = spent + (_projected_usd(group, price, batch=tier.options.get("mode") == "batch") if price else 0.0)
         if price is not None and (spent >= budget.monthly_usd or projected > budget.monthly_usd):
             if budget.on_exceeded == "fail":
@@ -119,29 +225,13 @@ def run_tier(
                     result.failures[item.item_id] = f"budget reached (${spent:.4f} of ${budget.monthly_usd:.2f})"
                     result.budget_stopped += 1
             break
-        outcomes = label_many([task for _, task in group]) if label_many else [provider.label_batch(group[0][1])]
-        for (key, task), outcome in zip(group, outcomes, strict=True):
-            outcome = validate_outcome(outcome, task)
-            usd = 0.0
-            if price is not None:
-                usage = outcome.usage
-                usd = call_usd(
-                    price,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cached_input_tokens=usage.cached_input_tokens,
-                    cache_write_tokens=usage.cache_write_tokens,
-                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
-                    batch=outcome.batch,
-                )
-            cache.put(
-                CallRecord(key, tier.name, provider.provider_name, tier.model, result.version, len(task.items), outcome, usd,
-                           first_item=task.items[0].item_id)
-            )
-            spent += usd
-            result.usd_paid += usd
-            result.calls_made += 1
-            _absorb(result, key, task, outcome)
+        if label_many:
+            outcomes = label_many([task for _, task in group], on_call=record)
+        else:
+            outcomes = [provider.label_batch(group[0][1])]
+            record(group[0][1], outcomes[0])
+        for (_, task), outcome in zip(group, outcomes, strict=True):
+            _absorb(result, record.answered_by, validate_outcome(outcome, task))
             done += 1
             if on_progress:
                 on_progress(done, len(tasks))
@@ -173,10 +263,11 @@ def _projected_usd(group: list[tuple[str, LabelTask]], price: ModelPrice, *, bat
     return usd
 
 
-def _absorb(result: TierResult, key: str, task: LabelTask, outcome: CallOutcome) -> None:
+def _absorb(result: TierResult, call_of: dict[str, str], outcome: CallOutcome) -> None:
     for answer in outcome.answers:
         result.answers[answer.item_id] = answer
+        result.call_of[answer.item_id] = call_of.get(answer.item_id, "")
     for item_id, reason in outcome.failures.items():
         result.failures[item_id] = reason
-    for item in task.items:
-        result.call_of[item.item_id] = key
+        if item_id in call_of:
+            result.call_of[item_id] = call_of[item_id]

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -25,12 +25,14 @@ from labeling_dagster.core.prompts import (
     Prompt,
     Reply,
     build_prompt,
+    combine_outcomes,
     estimated_output_tokens,
     failed_outcome,
     merge_repair,
     outcome_from_reply,
     prompt_version,
     repair_task,
+    without_item,
 )
 from labeling_dagster.core.ratelimit import (
     RateLimiter,
@@ -40,6 +42,16 @@ from labeling_dagster.core.ratelimit import (
     call_with_retries,
 )
 from labeling_dagster.project import TierConfig
+
+
+class OnCall(Protocol):
+    """What label_batches reports for each request the provider answered or refused."""
+
+    def __call__(self, task: LabelTask, outcome: CallOutcome, *, attempt: str, final: bool) -> None: ...
+
+
+def _ignore_call(task: LabelTask, outcome: CallOutcome, *, attempt: str, final: bool) -> None:
+    return None
 
 
 class ProviderConfigError(RuntimeError):
@@ -128,9 +140,15 @@ class LLMProvider(dg.ConfigurableResource):
         """Label one request's items: call, repair the bad answers once, report usage and latency."""
         return self.label_batches([task])[0]
 
-    def label_batches(self, tasks: list[LabelTask]) -> list[CallOutcome]:
+    def label_batches(self, tasks: list[LabelTask], on_call: OnCall | None = None) -> list[CallOutcome]:
         """Label many requests of one tier: concurrently under the tier's limits (online), or as one
-        provider batch job (options.mode: batch). Outcomes come back in the order of `tasks`."""
+        provider batch job (options.mode: batch). Outcomes come back in the order of `tasks`.
+
+        `on_call(task, outcome, attempt=..., final=...)` is called once for every request the provider
+        answered or refused (the call, its repair, the parts of a split request), the moment it
+        returns and from the thread that sent it, so the caller can store what was paid before the
+        next response arrives: a crash then loses no billed answer. `final` is False when the
+        provider is asked again about the attempt's failed items (a repair or a split follows)."""
         if not tasks:
             return []
         tier = tasks[0].tier
@@ -138,13 +156,14 @@ class LLMProvider(dg.ConfigurableResource):
             raise ValueError("label_batches: all tasks must belong to one tier")
         self._check_options(tier)
         self.check_ready(tier)
+        on_call = on_call or _ignore_call
         if self.option(tier, "mode", "online") == "batch":
-            return self._label_in_batch(tasks)
+            return self._label_in_batch(tasks, on_call)
         workers = min(int(self.option(tier, "max_concurrency", 8)), len(tasks))
         if workers <= 1:
-            return [self._label_online(task) for task in tasks]
+            return [self._label_online(task, on_call) for task in tasks]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{tier.name}-llm") as pool:
-            return list(pool.map(self._label_online, tasks))
+            return list(pool.map(lambda task: self._label_online(task, on_call), tasks))
 
     def stats(self, tier_name: str) -> TierStats:
         with self._lock:
@@ -205,14 +224,35 @@ class LLMProvider(dg.ConfigurableResource):
         return float(self.option(tier, "timeout_s", 60.0))
 
     # --- online -----------------------------------------------------------------------------
-    def _label_online(self, task: LabelTask) -> CallOutcome:
+    def _label_online(self, task: LabelTask, on_call: OnCall, *, attempt: str = "call") -> CallOutcome:
         started = time.monotonic()
         outcome = self._ask(task)
-        if outcome.failures and outcome.error is None:
-            self._count(task.tier, repairs=1)
-            outcome = merge_repair(outcome, self._ask(repair_task(task, outcome.failures)))
+        if outcome.status == "rejected" and len(task.items) > 1 and attempt == "call":
+            on_call(task, outcome, attempt=attempt, final=False)
+            outcome = self._split(task, outcome, on_call)
+        else:
+            repair = bool(outcome.failures) and outcome.error is None
+            on_call(task, outcome, attempt=attempt, final=not repair)
+            if repair:
+                self._count(task.tier, repairs=1)
+                fix = repair_task(task, outcome.failures)
+                fixed = self._ask(fix)
+                on_call(fix, fixed, attempt="repair", final=True)
+                outcome = merge_repair(outcome, fixed)
         outcome.latency_s = time.monotonic() - started
         return outcome
+
+    def _split(self, task: LabelTask, rejected: CallOutcome, on_call: OnCall) -> CallOutcome:
+        """The provider refused a request of several items (an HTTP 400: too long, a policy, ...). Most
+        often one item is the cause, so the request goes again without its longest item, and that
+        item alone: the innocent items get their answers and only the offending one fails. When the
+        request is refused without that item too, the cause is not an item: every item fails."""
+        longest = max(task.items, key=lambda item: len(item.text))
+        rest = self._label_online(without_item(task, longest.item_id), on_call, attempt="split")
+        if rest.status == "rejected":
+            return failed_outcome(task, rejected.error or "request rejected", status="rejected")
+        alone = LabelTask(task.taxonomy, task.tier, [longest], {k: v for k, v in task.prior.items() if k == longest.item_id})
+        return combine_outcomes([rest, self._label_online(alone, on_call, attempt="split")])
 
     def _ask(self, task: LabelTask) -> CallOutcome:
         tier = task.tier
@@ -224,7 +264,18 @@ class LLMProvider(dg.ConfigurableResource):
         def attempt() -> Reply:
             limiter.acquire(estimate)
             self._count(tier, requests=1)
-            return self.send(task, body)
+            try:
+                return self.send(task, body)
+            except Exception as exc:
+                # An attempt the provider did not count gives its tokens back, so a rejected request
+                # with a huge estimate does not hold the next ones back: a refusal (CallFailed: 400;
+                # ProviderConfigError: 401/403/404), a 429 or 5xx, a connection error; the last one
+                # of a RetriesExhausted too. Kept: a timeout (it may have run; Transient.may_have_run)
+                # and anything unclassified (e.g. an answer that failed to parse was counted).
+                transient = self.classify(exc)
+                if isinstance(exc, (CallFailed, ProviderConfigError)) or (transient is not None and not transient.may_have_run):
+                    limiter.release(estimate)
+                raise
 
         def on_retry(transient: Transient, delay: float) -> None:
             self._count(tier, retries=1, rate_limited=int(transient.reason == "HTTP 429"))
@@ -234,20 +285,24 @@ class LLMProvider(dg.ConfigurableResource):
         except RetriesExhausted as exc:
             return failed_outcome(task, f"{self.provider_name} call failed: {exc}")
         except CallFailed as exc:
-            return failed_outcome(task, str(exc))
+            return failed_outcome(task, str(exc), status="rejected")
         limiter.adjust(estimate, reply.usage.input_tokens + reply.usage.output_tokens)
         return outcome_from_reply(prompt, task.taxonomy, reply)
 
     # --- batch mode -------------------------------------------------------------------------
-    def _label_in_batch(self, tasks: list[LabelTask]) -> list[CallOutcome]:
+    def _label_in_batch(self, tasks: list[LabelTask], on_call: OnCall) -> list[CallOutcome]:
         started = time.monotonic()
         tier = tasks[0].tier
-        outcomes = self._batch_round(tasks)
+        outcomes = [replace(outcome, batch=True) for outcome in self._batch_round(tasks)]
         to_repair = [i for i, outcome in enumerate(outcomes) if outcome.failures and outcome.error is None]
+        for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
+            on_call(task, outcome, attempt="call", final=i not in to_repair)
         if to_repair:
             self._count(tier, repairs=len(to_repair))
-            repaired = self._batch_round([repair_task(tasks[i], outcomes[i].failures) for i in to_repair])
-            for i, repair in zip(to_repair, repaired):
+            fixes = [repair_task(tasks[i], outcomes[i].failures) for i in to_repair]
+            repaired = [replace(outcome, batch=True) for outcome in self._batch_round(fixes)]
+            for i, fix, repair in zip(to_repair, fixes, repaired):
+                on_call(fix, repair, attempt="repair", final=True)
                 outcomes[i] = merge_repair(outcomes[i], repair)
         latency = time.monotonic() - started
         return [replace(outcome, batch=True, latency_s=latency) for outcome in outcomes]

@@ -22,6 +22,7 @@ import duckdb
 from labeling_dagster.resources.warehouse import (
     CALL_COLUMNS,
     CHUNK_ROWS,
+    ITEM_COLUMNS,
     ensure_tables,
     naive_utc,
 )
@@ -123,10 +124,16 @@ def _complete(conn: duckdb.DuckDBPyConnection) -> bool:
 
 
 def _merge_attached_calls(conn: duckdb.DuckDBPyConnection) -> int:
-    """Copy the calls the attached shard made (not those the plan copied into it) into the call cache."""
-    new = "FROM shard.model_calls WHERE call_id NOT IN (SELECT call_id FROM shard.copied_calls)"
+    """Copy the calls the attached shard made (not those the plan copied into it), and the item results
+    they settled, into the warehouse. Stored calls are never replaced: a call id the warehouse has
+    already is the same attempt merged before."""
+    new = ("FROM shard.model_calls WHERE call_id NOT IN (SELECT call_id FROM shard.copied_calls) "
+           "AND call_id NOT IN (SELECT call_id FROM model_calls)")
     (count,) = conn.execute(f"SELECT COUNT(*) {new}").fetchone()
-    conn.execute(f"DELETE FROM model_calls WHERE call_id IN (SELECT call_id {new})")
+    conn.execute(
+        f"INSERT INTO item_answers ({ITEM_COLUMNS}) SELECT {ITEM_COLUMNS} FROM shard.item_answers "
+        f"WHERE call_id IN (SELECT call_id {new})"
+    )
     conn.execute(f"INSERT INTO model_calls ({CALL_COLUMNS}) SELECT {CALL_COLUMNS} {new}")
     return int(count)
 
@@ -182,10 +189,17 @@ def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, e
             )
         conn.execute("INSERT INTO shard.calibrations BY NAME SELECT * FROM calibrations WHERE month >= ? AND month < ?",
                      window)
-        # Calls stored before first_item was recorded have none: every shard may reuse them.
+        # Calls stored before first_item was recorded have none: every shard may reuse them. Calls that
+        # answered nothing come too, so that a new attempt at the same request gets a call id of its own.
         conn.execute(
             "INSERT INTO shard.model_calls BY NAME SELECT * FROM model_calls WHERE provider = ? AND model = ? "
-            f"AND status IN ('ok', 'partial') AND ({spec.in_range('first_item')} OR first_item IS NULL)",
+            f"AND ({spec.in_range('first_item')} OR first_item IS NULL)",
+            [provider, model],
+        )
+        # the stored results of the shard's items: reused per item, whatever request paid for them
+        conn.execute(
+            "INSERT INTO shard.item_answers BY NAME SELECT * FROM item_answers WHERE provider = ? AND model = ? "
+            "AND item_id IN (SELECT item_id FROM shard.raw_items)",
             [provider, model],
         )
         conn.execute("INSERT INTO shard.copied_calls SELECT call_id FROM shard.model_calls")

@@ -11,8 +11,11 @@ machine of a deployment reaches over the network and where several processes may
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,8 +25,8 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from labeling_dagster.core.labels import CallOutcome
-from labeling_dagster.core.runner import CallRecord
+from labeling_dagster.core.labels import Answer, CallOutcome
+from labeling_dagster.core.runner import CallRecord, ItemRecord
 
 LABEL_COLUMNS = """
     month TIMESTAMP, item_id VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR, prompt_version VARCHAR,
@@ -68,7 +71,11 @@ TABLES = {
         prompt_version VARCHAR, item_count INTEGER, input_tokens BIGINT, cached_input_tokens BIGINT,
         cache_write_tokens BIGINT, output_tokens BIGINT, usd DOUBLE, latency_s DOUBLE, compute_s DOUBLE,
         batch BOOLEAN, status VARCHAR, error VARCHAR, run_id VARCHAR, created_at TIMESTAMP, response VARCHAR,
-        first_item VARCHAR""",
+        first_item VARCHAR, request_key VARCHAR, attempt VARCHAR, stage VARCHAR""",
+    # per item, the result a stored call gave for identical inputs (core.runner.item_key): what a rerun
+    # reuses, whichever other items reach the tier; `call_id` is the model_calls row that paid for it
+    "item_answers": """item_key VARCHAR, month TIMESTAMP, item_id VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR,
+        prompt_version VARCHAR, answer VARCHAR, failure VARCHAR, call_id VARCHAR""",
     # the shards each plan step's collect step has merged (resources/shards.py), so a collect step that
     # failed halfway and is run again skips what it already merged
     "merged_shards": "plan_id VARCHAR, path VARCHAR, asset VARCHAR, merged_at TIMESTAMP",
@@ -323,13 +330,29 @@ def iter_window(
             return
 
 
-class DuckDBCallCache:
-    """core.runner.CallCache over the `model_calls` table. Calls that answered (status ok, or partial:
-    some items failed even after the repair attempt) are served again and never paid twice; a call
-    that answered nothing (status error) is retried, and its row replaced, on the next run."""
+ITEM_COLUMNS = ", ".join(column.split()[0] for column in TABLES["item_answers"].split(","))
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, month: datetime, run_id: str):
-        self.conn, self.month, self.run_id = conn, naive_utc(month), run_id
+
+class DuckDBCallCache:
+    """core.runner.CallCache over `model_calls` (one row per request the provider answered or refused:
+    every billed attempt, never replaced) and `item_answers` (per item, the result for identical
+    inputs that a rerun reuses). `stage` is the asset that pays (golden_labels, first_pass_labels, ...),
+    so the ledger can tell the golden run's calls from the month's."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, month: datetime, run_id: str, stage: str | None = None):
+        self.conn, self.month, self.run_id, self.stage = conn, naive_utc(month), run_id, stage
+
+    def items(self, item_keys: list[str]) -> dict[str, ItemRecord]:
+        if not item_keys:
+            return {}
+        wanted = pd.DataFrame({"item_key": item_keys})  # noqa: F841 (read by name in the SQL below)
+        rows = self.conn.execute(
+            """SELECT item_key, item_id, answer, failure, call_id FROM item_answers
+               WHERE item_key IN (SELECT item_key FROM wanted)
+               QUALIFY row_number() OVER (PARTITION BY item_key ORDER BY answer IS NULL, call_id) = 1"""
+        ).fetchall()
+        return {key: ItemRecord(key, item_id, _answer_from_json(answer) if answer else None, failure, call_id)
+                for key, item_id, answer, failure, call_id in rows}
 
     def get(self, call_id: str) -> CallRecord | None:
         row = self.conn.execute(
@@ -342,19 +365,39 @@ class DuckDBCallCache:
         tier, provider, model, version, count, usd, response = row
         return CallRecord(call_id, tier, provider, model, version, count, CallOutcome.from_json(response), usd)
 
-    def put(self, record: CallRecord) -> None:
+    def put(self, record: CallRecord, items: list[ItemRecord]) -> str:
+        """Store the attempt under its request key, or, when that key is taken (the same request asked
+        again after an error, a 5xx or a crash), under a key of its own: no billed attempt is replaced."""
+        call_id = record.call_id
+        if self.conn.execute("SELECT 1 FROM model_calls WHERE call_id = ?", [call_id]).fetchone():
+            call_id = f"{record.call_id}-{uuid.uuid4().hex[:8]}"
         outcome, usage = record.outcome, record.outcome.usage
-        self.conn.execute("DELETE FROM model_calls WHERE call_id = ?", [record.call_id])
-        self.conn.execute(
-            f"INSERT INTO model_calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                record.call_id, self.month, record.tier, record.provider, record.model, record.version,
-                record.item_count, usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
-                usage.output_tokens, record.usd, outcome.latency_s, outcome.compute_s, outcome.batch,
-                outcome.status, outcome.error, self.run_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                outcome.to_json(), record.first_item,
-            ],
-        )
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            self.conn.execute(
+                f"INSERT INTO model_calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * len(CALL_COLUMNS.split(',')))})",
+                [
+                    call_id, self.month, record.tier, record.provider, record.model, record.version,
+                    record.item_count, usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
+                    usage.output_tokens, record.usd, outcome.latency_s, outcome.compute_s, outcome.batch,
+                    outcome.status, outcome.error, self.run_id, datetime.now(timezone.utc).replace(tzinfo=None),
+                    outcome.to_json(), record.first_item, record.request_key or record.call_id, record.attempt,
+                    self.stage,
+                ],
+            )
+            if items:
+                incoming = pd.DataFrame([{
+                    "item_key": item.item_key, "month": self.month, "item_id": item.item_id, "tier": record.tier,
+                    "provider": record.provider, "model": record.model, "prompt_version": record.version,
+                    "answer": json.dumps(asdict(item.answer)) if item.answer else None,
+                    "failure": item.failure, "call_id": call_id,
+                } for item in items])  # noqa: F841 (read by name in the SQL below)
+                self.conn.execute(f"INSERT INTO item_answers ({ITEM_COLUMNS}) SELECT {ITEM_COLUMNS} FROM incoming")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return call_id
 
     def month_spend(self) -> float:
         (usd,) = self.conn.execute(
@@ -362,3 +405,7 @@ class DuckDBCallCache:
         ).fetchone()
         return float(usd)
 
+
+def _answer_from_json(text: str) -> Answer:
+    raw = json.loads(text)
+    return Answer(**{**raw, "alternatives": [tuple(alt) for alt in raw["alternatives"]]})
