@@ -70,6 +70,17 @@ def calibrated(calibrator: Calibrator | None, confidence: float) -> float:
     return calibrator.apply_one(confidence) if calibrator else confidence
 
 
+GOLDEN_STATS = ("requests", "retries", "rate_limited", "repairs")
+
+
+def _provider_counts(provider, tier) -> dict[str, int] | None:
+    """The provider's counters for the tier (TierStats), None for a local tier (it counts nothing)."""
+    if tier.provider == "local":
+        return None
+    stats = provider.stats(tier.name)
+    return {name: getattr(stats, name) for name in GOLDEN_STATS}
+
+
 def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(**monthly_asset_args(partitions), deps=["golden_set"], kinds={"duckdb"})
     def golden_labels(
@@ -89,15 +100,17 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         spec = project.load()
         providers = {"local": local_model, "openai": openai, "anthropic": anthropic}
         rows, calibrations, plots = [], [], []
+        provider_stats: dict[str, dict[str, int]] = {}  # per paid tier, summed over the months
         items, gold = golden_sample(spec) if spec.golden_set and spec.quality.golden_sample_size else ([], {})
         with warehouse.session() as conn:
             for month, window in months_in(context.partition_time_window):
                 if not items:
                     break
-                cache = DuckDBCallCache(conn, window.start, context.run.run_id)
+                cache = DuckDBCallCache(conn, window.start, context.run.run_id, stage="golden_labels")
                 spent = conn.execute(
-                    "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ? AND call_id IN "
-                    "(SELECT call_id FROM golden_labels WHERE month = ?)",
+                    # every attempt the golden run paid this month, kept or superseded (older rows: by their labels)
+                    "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ? AND (stage = 'golden_labels' OR "
+                    "(stage IS NULL AND call_id IN (SELECT call_id FROM golden_labels WHERE month = ?)))",
                     [naive_utc(window.start)] * 2,
                 ).fetchone()[0]
                 prior: dict[str, list[PriorAnswer]] = {}
@@ -107,12 +120,18 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                     price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
                     # Two caps: the golden run's own (quality.max_usd) and what is left of the month's budget.
                     left = min(spec.quality.max_usd - spent, spec.budget.monthly_usd - cache.month_spend())
+                    before = _provider_counts(providers[tier.provider], tier)
                     result = run_tier(
                         providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=items, cache=cache,
                         price=price, budget=Budget(monthly_usd=max(left, 0.0)), spent_before=0.0,
                         prior=prior if tier.role != "first_pass" else None,
                     )
                     spent += result.usd_paid
+                    if before is not None:
+                        # A provider resource outlives the step (and serves the tier's shards too): the difference is ours.
+                        counts = provider_stats.setdefault(tier.name, dict.fromkeys(GOLDEN_STATS, 0))
+                        for name, value in _provider_counts(providers[tier.provider], tier).items():
+                            counts[name] += value - before[name]
                     answered = [item for item in items if item.item_id in result.answers]
                     raw = [result.answers[item.item_id].confidence for item in answered]
                     right = [result.answers[item.item_id].label == gold[item.item_id] for item in answered]
@@ -161,6 +180,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 "calibration": dg.MetadataValue.json(
                     {c["tier"]: {"method": c["method"], "version": c["version"], "ece_raw": round(c["ece_raw"], 4),
                                  "ece_calibrated": round(c["ece_calibrated"], 4)} for c in calibrations}),
+                # requests, retries, 429s and repairs of each paid tier's golden calls (stored calls reused: 0)
+                "provider_stats": dg.MetadataValue.json(provider_stats),
                 "reliability": dg.MetadataValue.md("\n\n".join(plots) or "_no golden set or sample size 0_"),
             }
         )
