@@ -16,7 +16,6 @@ Tier options read (besides the common ones documented in docs/llm_tiers.md):
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar
 
 import anthropic
@@ -64,14 +63,8 @@ class AnthropicProvider(LLMProvider):
         ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN or a credentials profile in the environment itself,
         which would hand the resource's key to the other endpoint after all (and with none found it
         refuses to send: "Could not resolve authentication method")."""
-        env = self.option(tier, "api_key_env")
-        if env is not None:
-            key = os.environ.get(env)
-            if not key:
-                raise ProviderConfigError(
-                    f"tiers.{tier.name}: the environment variable {env} (options.api_key_env) is not set; "
-                    f"export it with the key for {self._base_url(tier) or 'Anthropic'}"
-                )
+        key = self.named_key(tier, self._base_url(tier) or "Anthropic")
+        if key is not None:
             return key
         if self._base_url(tier) != self.base_url:
             return NO_KEY  # a gateway or proxy that authenticates otherwise (or not at all)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,20 @@ class LLMProvider(dg.ConfigurableResource):
         if exc.status_code == 404:
             return ProviderConfigError(f"tiers.{tier.name}: {message}; check the model name {tier.model!r}")
         return CallFailed(f"request rejected: {message}")
+
+    def named_key(self, tier: TierConfig, where: str) -> str | None:
+        """The key in the variable options.api_key_env names (None when the tier names none); a named
+        variable that is not set stops the tier before any call. `where`: whose key it is, for the message."""
+        env = self.option(tier, "api_key_env")
+        if env is None:
+            return None
+        key = os.environ.get(env)
+        if not key:
+            raise ProviderConfigError(
+                f"tiers.{tier.name}: the environment variable {env} (options.api_key_env) is not set; "
+                f"export it with the key for {where}"
+            )
+        return key
 
     # --- options ----------------------------------------------------------------------------
     @staticmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from typing import Any, ClassVar
 
 import openai
@@ -68,14 +67,8 @@ class OpenAIProvider(LLMProvider):
         """The tier's key. The resource's key (OPENAI_API_KEY) goes only to the resource's own
         server: a tier pointing elsewhere names its key in options.api_key_env, so an OpenAI key is
         never sent to another provider."""
-        env = self.option(tier, "api_key_env")
-        if env is not None:
-            key = os.environ.get(env)
-            if not key:
-                raise ProviderConfigError(
-                    f"tiers.{tier.name}: the environment variable {env} (options.api_key_env) is not set; "
-                    f"export it with the key for {self._base_url(tier) or 'OpenAI'}"
-                )
+        key = self.named_key(tier, self._base_url(tier) or "OpenAI")
+        if key is not None:
             return key
         if self._base_url(tier) != self.base_url:
             return "no-key"  # a local OpenAI-compatible server (vLLM, Ollama, ...) ignores it
