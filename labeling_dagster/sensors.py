@@ -1,5 +1,6 @@
 """The review sensor: a completed review file dropped in `<reviews_dir>/<YYYY-MM>/` updates that
-month's human reviews, final labels and ledger. Each file content is one run (run key = month, file
+month's review queue export (items people settled leave it; the others show their answers so far),
+human reviews, final labels and ledger. Each file content is one run (run key = month, file
 name and content hash), so the same file is never ingested twice and an edited file is ingested again."""
 
 import re
@@ -10,7 +11,7 @@ from labeling_dagster.core.review_formats import review_files, run_key
 from labeling_dagster.project import Project
 from labeling_dagster.resources.project import ProjectResource
 
-REVIEW_ASSETS = ["human_reviews", "final_labels", "cost_ledger"]
+REVIEW_ASSETS = ["review_queue", "human_reviews", "final_labels", "cost_ledger"]
 MONTH_FOLDER = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 

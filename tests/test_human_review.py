@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from labeling_dagster.cli import main
 from labeling_dagster.project import load_project
 from labeling_dagster.sensors import pending_review_runs
-from tests.conftest import write_tiny_project
+from tests.conftest import paid_tiers, write_tiny_project
 from tests.test_pipeline import run_month, table
 
 
@@ -25,12 +25,14 @@ def gold(item_id: str) -> str:
     return next(label for label in ("billing", "cancellation", "card_lost") if f"-{label}-" in item_id)
 
 
-def fill_csv(queue_csv: Path, out: Path, annotator: str, answer=gold, seconds: str = "36") -> list[str]:
-    """A simulated reviewer opens the exported CSV, fills annotator_id, label and seconds, saves a copy."""
+def fill_csv(queue_csv: Path, out: Path, annotator: str, answer=gold, seconds: str = "36", skip=()) -> list[str]:
+    """A simulated reviewer opens the exported CSV, fills annotator_id, label and seconds, saves a copy
+    (leaving out the golden item and the items in `skip`)."""
     with open(queue_csv, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         rows, columns = list(reader), reader.fieldnames
     rows = [row for row in rows if row["item_id"].rsplit("-", 1)[0].count("-") >= 2]  # skip the golden one
+    rows = [row for row in rows if row["item_id"] not in skip]
     for row in rows:
         row.update(annotator_id=annotator, label=answer(row["item_id"]), seconds=seconds)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ def test_a_file_for_a_month_with_no_queue(labeled, tmp_path) -> None:
     result = review_import(project, warehouse, tmp_path / "dave.csv", month="2026-09")
     assert result.exit_code == 0, result.output
     assert table(warehouse, "SELECT rows_ingested FROM review_imports WHERE month = '2026-09-01'") == [(0,)]
-    assert "not in this month's review queue" in (project / "reviews" / "2026-09" / "dave.csv.rejected.csv").read_text()
+    assert "not an item of this month" in (project / "reviews" / "2026-09" / "dave.csv.rejected.csv").read_text()
 
 
 def test_three_annotators_consensus_ties_and_sending_back(tmp_path) -> None:
@@ -201,3 +203,87 @@ def test_review_sensor_requests_one_run_per_file_content(labeled, tmp_path) -> N
     with dg.build_sensor_context(resources={"project": defs.resources["project"]}) as context:
         result = sensor(context)
     assert [request.run_key for request in result.run_requests] == [edited[0].run_key]
+
+
+def exported(project: Path, month: str = "2026-08") -> dict[str, dict]:
+    """The month's exports, per format: item id -> (reviews so far, reviews still needed)."""
+    folder = project / "exports" / month
+    with open(folder / "review_queue.csv", newline="", encoding="utf-8") as handle:
+        csv_rows = {r["item_id"]: (int(r["reviews_so_far"]), int(r["reviews_still_needed"])) for r in csv.DictReader(handle)}
+    jsonl = [json.loads(line) for line in (folder / "review_queue.jsonl").read_text().splitlines()]
+    tasks = json.loads((folder / "label_studio_tasks.json").read_text())
+    manifest = [json.loads(line)["metadata"] for line in (folder / "ground_truth_manifest.jsonl").read_text().splitlines()]
+    return {
+        "csv": csv_rows,
+        "jsonl": {r["item_id"]: (r["reviews_so_far"], r["reviews_still_needed"]) for r in jsonl},
+        "label_studio": {t["data"]["item_id"]: (t["data"]["reviews_so_far"], t["data"]["reviews_still_needed"]) for t in tasks},
+        "ground_truth": {m["item_id"]: (m["reviews_so_far"], m["reviews_still_needed"]) for m in manifest},
+    }
+
+
+def test_a_rerun_that_queues_fewer_items_keeps_every_review(paid_project: Path, server, tmp_path: Path) -> None:
+    """Issue 12: adding a QA tier and rerunning the month rejected the reviews of items it no longer
+    queued and dropped their labor. Paid tiers on the SIMULATED server (every answer at 0.5)."""
+    yaml = paid_project / "project.yaml"
+    tiers = paid_tiers(server)
+    lines = tiers.splitlines(keepends=True)
+    at = next(n for n, line in enumerate(lines) if "name: qa" in line)
+    without_qa = "".join(lines[:at] + lines[at + 2:])
+    yaml.write_text(yaml.read_text().replace(tiers, without_qa).replace(
+        "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120}",
+        "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120, annotators_per_item: 2}"))
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(paid_project, warehouse).success
+    assert table(warehouse, "SELECT COUNT(*) FROM review_queue") == [(13,)]  # adjudication settles nothing at 0.5
+
+    # Two SIMULATED reviewers: alice answers every item, bob all but two, so ten items are settled
+    # (two answers each) and two have one answer of the two they need.
+    queue_csv = paid_project / "exports" / "2026-08" / "review_queue.csv"
+    partly = ("2026-08-billing-3", "2026-08-cancellation-0")
+    items = fill_csv(queue_csv, tmp_path / "alice.csv", "alice")
+    fill_csv(queue_csv, tmp_path / "bob.csv", "bob", skip=partly)
+    assert review_import(paid_project, warehouse, tmp_path / "alice.csv", tmp_path / "bob.csv").exit_code == 0
+    settled = sorted(set(items) - set(partly))
+    assert table(warehouse, "SELECT COUNT(*) FROM human_reviews") == [(len(items) + len(settled),)]
+    assert table(warehouse, "SELECT COUNT(*) FROM review_consensus WHERE settled") == [(len(settled),)]
+    reviews = table(warehouse, "SELECT item_id, annotator_id, label, seconds FROM human_reviews ORDER BY ALL")
+    labor = table(warehouse, "SELECT usd FROM cost_ledger WHERE tier = 'human_review'")[0][0]
+    assert labor == pytest.approx(0.30 * len(reviews))
+
+    # The export again: settled items are not sent out twice; the others say what they have and lack.
+    result = CliRunner().invoke(main, ["review", "export", "--project", str(paid_project), "--month", "2026-08",
+                                       "--warehouse", str(warehouse)])
+    assert result.exit_code == 0, result.output
+    expected = {"2026-08-billing-3": (1, 1), "2026-08-cancellation-0": (1, 1), "2026-08-golden": (0, 2)}
+    assert exported(paid_project) == {kind: expected for kind in ("csv", "jsonl", "label_studio", "ground_truth")}
+    assert dict(table(warehouse, "SELECT selection, COUNT(*) FROM review_queue GROUP BY 1")) == {
+        "settled": len(settled), "all": 3}
+
+    # The project changes: a QA tier that settles what agrees with the first pass. The rerun queues
+    # only the vip ticket (a rule reserves it for people); QA accepts the other items, mostly as billing.
+    yaml.write_text(yaml.read_text().replace(without_qa, tiers).replace("qa_accept_at: 0.95", "qa_accept_at: 0.3"))
+    rerun = run_month(paid_project, warehouse)
+    assert rerun.success and all(check.passed for check in rerun.get_asset_check_evaluations())
+    assert table(warehouse, "SELECT item_id FROM review_queue") == [("2026-08-billing-3",)]
+    overruled = table(warehouse, f"""SELECT COUNT(*) FROM qa_labels WHERE next_step = 'accept'
+                                     AND item_id IN {tuple(settled)} AND label <> split_part(item_id, '-', 3)""")[0][0]
+    assert overruled > 0  # QA's accepted label differs from people's on these items
+
+    # No review lost, none rejected, the labor still in the books.
+    assert table(warehouse, "SELECT item_id, annotator_id, label, seconds FROM human_reviews ORDER BY ALL") == reviews
+    assert table(warehouse, "SELECT SUM(rows_rejected) FROM review_imports") == [(0,)]
+    assert not list((paid_project / "reviews" / "2026-08").glob("*.rejected.csv"))
+    ledger = dict(table(warehouse, "SELECT tier, usd FROM cost_ledger"))
+    assert ledger["human_review"] == pytest.approx(labor)
+    assert ledger["human_review_pending"] == pytest.approx(0.25)  # the vip ticket's second review
+    assert ledger["total"] == pytest.approx(sum(v for k, v in ledger.items() if k != "total"))
+    # People's settled labels win over QA's accept; their labor stays in each item's cost.
+    human = table(warehouse, "SELECT item_id, label, status FROM final_labels WHERE decided_by = 'human' ORDER BY 1")
+    assert human == [(item, gold(item), "labeled") for item in settled]
+    assert table(warehouse, f"SELECT MIN(cost_usd) FROM final_labels WHERE item_id IN {tuple(settled)}")[0][0] >= 0.60
+    # One answer of two, and no longer queued: the model's decision stands, the answer is paid for.
+    assert table(warehouse, "SELECT decided_by, cost_usd >= 0.30 FROM final_labels WHERE item_id = '2026-08-cancellation-0'") == [
+        ("qa", True)]
+    assert table(warehouse, "SELECT status FROM final_labels WHERE item_id = '2026-08-billing-3'") == [("pending_human",)]
+    assert {kind: rows for kind, rows in exported(paid_project).items()} == {
+        kind: {"2026-08-billing-3": (1, 1)} for kind in ("csv", "jsonl", "label_studio", "ground_truth")}

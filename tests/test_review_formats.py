@@ -266,7 +266,7 @@ def test_bad_csv_rows_are_rejected_by_line_and_the_good_rows_kept(tmp_path):
     ]
     reasons = {row.location: row.reason for row in rejected}
     assert list(reasons) == [f"line {n}" for n in (3, 4, 5, 6, 7, 8, 9, 10)]
-    assert "not in this month's review queue" in reasons["line 3"]
+    assert "not an item of this month" in reasons["line 3"]
     assert "'lost_card' is not in the taxonomy" in reasons["line 4"]
     assert "missing annotator_id" in reasons["line 5"]
     assert "'soon' is not a number" in reasons["line 6"]
@@ -371,7 +371,7 @@ def test_rejected_rows_name_their_file(tmp_path):
     path.write_text("item_id,annotator_id,label\nt-001,alice,billing_issue\n")
     assert read_reviews(path, [], LABELS)[1] == [
         RejectedRow("r.csv", "line 2", "t-001",
-                    "item 't-001' is not in this month's review queue; check the month folder")
+                    "item 't-001' is not an item of this month; check the month folder")
     ]
 
 
@@ -392,3 +392,45 @@ def test_a_chained_ground_truth_job_is_read_by_its_newest_attribute(tmp_path):
     path.write_text(json.dumps(line) + "\n")
     good, rejected = read_reviews(path, KNOWN, LABELS)
     assert rejected == [] and [(r.annotator_id, r.label) for r in good] == [("groundtruth:job-2", "other")]
+
+
+def test_every_format_says_how_many_answers_an_item_has_and_needs(tmp_path):
+    partly = QueueRow("t-004", "charged twice", "billing_issue", 0.5, "", [], "", [], "QA disagrees",
+                      annotators_needed=3, reviews_so_far=2, reviews_still_needed=1)
+    assert queue()[0].reviews_so_far == 0 and queue()[0].reviews_still_needed == 3  # defaults: none yet
+    paths = write_exports(tmp_path, MONTH, [queue()[0], partly], LABELS)
+    with open(paths["csv"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["reviews_so_far"], r["reviews_still_needed"]) for r in rows] == [("0", "3"), ("2", "1")]
+    jsonl = [json.loads(line) for line in paths["jsonl"].read_text().splitlines()]
+    assert [(r["reviews_so_far"], r["reviews_still_needed"]) for r in jsonl] == [(0, 3), (2, 1)]
+    assert QueueRow.from_mapping(jsonl[1]) == partly
+    tasks = json.loads(paths["label_studio_tasks"].read_text())
+    assert [(t["data"]["reviews_so_far"], t["data"]["reviews_still_needed"]) for t in tasks] == [(0, 3), (2, 1)]
+    manifest = [json.loads(line)["metadata"] for line in paths["ground_truth_manifest"].read_text().splitlines()]
+    assert [(m["reviews_so_far"], m["reviews_still_needed"]) for m in manifest] == [(0, 3), (2, 1)]
+    # The filled CSV is still a review file: the new columns are ignored on the way back.
+    rows[1].update(annotator_id="carol", label="billing_issue")
+    with open(tmp_path / "carol.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    good, rejected = read_reviews(tmp_path / "carol.csv", ["t-001", "t-004"], LABELS)
+    assert [(r.item_id, r.annotator_id) for r in good] == [("t-004", "carol")] and len(rejected) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_export_files_get_the_mode_open_would_give_them(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        paths = write_exports(tmp_path / f"u{umask:o}", MONTH, queue(), LABELS, DEFINITIONS)
+        report = write_rejection_report(tmp_path / f"u{umask:o}" / "r.csv", [RejectedRow("r.csv", "line 2", None, "x")])
+        with open(tmp_path / f"plain{umask:o}", "w"):
+            pass
+        expected = os.stat(tmp_path / f"plain{umask:o}").st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert expected == 0o666 & ~umask
+    # mkstemp alone would give 0600: a reviewer's account could not read the export.
+    assert {kind: os.stat(path).st_mode & 0o777 for kind, path in paths.items()} == {kind: expected for kind in paths}
+    assert os.stat(report).st_mode & 0o777 == expected

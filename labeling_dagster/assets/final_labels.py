@@ -5,6 +5,7 @@ import pandas as pd
 
 from labeling_dagster import checks
 from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, months_in
+from labeling_dagster.assets.human_reviews import still_needed
 from labeling_dagster.assets.review_queue import latest_rows
 from labeling_dagster.core.metrics import Accuracy
 from labeling_dagster.core.quality import golden_score, held_out_answers
@@ -26,7 +27,8 @@ CALL_SHARES = """
 def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_review: float,
                   item_range: tuple[str, str] | None = None) -> pd.DataFrame:
     """Per item (aligned with `item_ids`): whether people settled it, their label and confidence, and its
-    human cost: the labor so far plus, while unsettled, the reviews it still needs at the flat rate.
+    human cost: the labor of the reviews it received (whether or not the latest run still queues it) plus,
+    while it is queued and unsettled, the reviews it still needs at the flat rate.
     `item_range` (first and last id, included) limits the reads to a page of the month."""
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     where = "WHERE month >= ? AND month < ?"
@@ -34,23 +36,26 @@ def human_outcome(conn, window: dg.TimeWindow, item_ids: pd.Series, usd_per_revi
         where, bounds = where + " AND item_id >= ? AND item_id <= ?", [*bounds, *item_range]
     queue = conn.execute(f"SELECT item_id, annotators_needed FROM review_queue {where}", bounds).df().set_index("item_id")
     merged = conn.execute(f"SELECT * FROM review_consensus {where}", bounds).df().set_index("item_id")
+    queued = item_ids.isin(queue.index).to_numpy()
     needed = queue["annotators_needed"].reindex(item_ids).fillna(0).to_numpy()
     have = merged["n_annotators"].reindex(item_ids).fillna(0).to_numpy()
     settled = merged["settled"].reindex(item_ids).eq(True).to_numpy()
     again = merged["needs_another_review"].reindex(item_ids).eq(True).to_numpy()
-    remaining = (needed - have).clip(min=0) + (again & ~settled)
+    remaining = still_needed(needed, have, again, settled | ~queued)
     labor = merged["labor_usd"].reindex(item_ids).fillna(0.0).to_numpy()
     return pd.DataFrame({
         "settled": settled,
         "label": merged["label"].reindex(item_ids).to_numpy(),
         "confidence": merged["confidence"].reindex(item_ids).to_numpy(),
-        "remaining_reviews": (remaining * ~settled).astype(int),
-        "human_usd": labor + remaining * ~settled * usd_per_review,
+        "remaining_reviews": remaining.astype(int),
+        "human_usd": labor + remaining * usd_per_review,
     }, index=item_ids.index)
 
 
 def final_page(conn, window: dg.TimeWindow, raw: pd.DataFrame, usd_per_review: float) -> pd.DataFrame:
-    """The final rows of a page of the month's raw items (item_id, content_hash; in id order)."""
+    """The final rows of a page of the month's raw items (item_id, content_hash; in id order). An item
+    people settled is theirs (`decided_by = human`) whatever route the latest run gave it: a model's
+    accept never overrides a person's settled label."""
     item_range = (raw["item_id"].iloc[0], raw["item_id"].iloc[-1])
     every, last = latest_rows(conn, window, "item_id, tier, label, confidence, call_id, next_step", item_range)
     final = raw[["item_id", "content_hash"]].reset_index(drop=True)
@@ -68,12 +73,12 @@ def final_page(conn, window: dg.TimeWindow, raw: pd.DataFrame, usd_per_review: f
     shares = conn.execute(CALL_SHARES).df().set_index("call_id")["usd_per_item"]
     model_cost = every.assign(usd=every["call_id"].map(shares).fillna(0.0)).groupby("item_id")["usd"].sum()
     people = human_outcome(conn, window, final["item_id"], usd_per_review, item_range)
-    by_people = (queued & people["settled"]).to_numpy()
+    by_people = people["settled"].to_numpy()
     final["status"] = final["status"].mask(by_people, "labeled")
     final["label"] = final["label"].mask(by_people, people["label"])
     final["confidence"] = final["confidence"].mask(by_people, people["confidence"])
     final["decided_by"] = final["decided_by"].mask(by_people, "human")
-    final["cost_usd"] = final["item_id"].map(model_cost).fillna(0.0) + queued * people["human_usd"]
+    final["cost_usd"] = final["item_id"].map(model_cost).fillna(0.0) + people["human_usd"].to_numpy()
     return final
 
 
@@ -112,9 +117,11 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     )
     def final_labels(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """Exactly one row per raw item of the month: the label and who decided it (`decided_by`: a
-        tier's name, or `human` when people's consensus settled it), or status pending_human with no
-        label while people have not; `cost_usd` is the item's share of its model calls plus its review
-        labor (and, while pending, the reviews it still needs). This is the table downstream users read."""
+        tier's name, or `human` when people's consensus settled it, which wins over any model decision
+        whatever route the latest run gave the item), or status pending_human with no label while people
+        have not; `cost_usd` is the item's share of its model calls plus the labor of its reviews (kept
+        when a rerun no longer queues the item) and, while pending, the reviews it still needs. This is
+        the table downstream users read."""
         spec = project.load()
         per_review = spec.human_review.usd_per_review
         answers = held_out_answers(spec)

@@ -55,7 +55,8 @@ def _run(project_path: str, path: Path, month: str, selection: list[str]) -> Non
 @WAREHOUSE_OPTION
 def export(project_path: str, month: str, warehouse: str | None) -> None:
     """Write the month's review queue files again (CSV, JSONL, Label Studio tasks and config, Ground
-    Truth manifest) from the labels already in the warehouse; no model is called."""
+    Truth manifest) from the labels already in the warehouse; no model is called. Items people have
+    settled are left out; the others say how many answers they have and how many more they need."""
     project = load(project_path)
     months_between(project, month, None)
     path = _warehouse_path(project, warehouse)
@@ -70,8 +71,9 @@ def export(project_path: str, month: str, warehouse: str | None) -> None:
 @WAREHOUSE_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def import_(project_path: str, month: str, warehouse: str | None, files: tuple[str, ...]) -> None:
-    """Copy completed review FILES into <reviews_dir>/<month>/ and ingest them: human reviews, consensus,
-    final labels and the ledger are updated. Bad rows are skipped and listed in <file>.rejected.csv."""
+    """Copy completed review FILES into <reviews_dir>/<month>/ and ingest them: the export (settled items
+    leave it), human reviews, consensus, final labels and the ledger are updated. Bad rows are skipped
+    and listed in <file>.rejected.csv."""
     project = load(project_path)
     months_between(project, month, None)
     path = _warehouse_path(project, warehouse)

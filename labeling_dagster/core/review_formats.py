@@ -37,6 +37,9 @@ QUEUE_CSV_COLUMNS = [
     "tier_answers",
     "queue_reason",
     "annotators_needed",
+    # Answers already received for the item, and how many more it needs (an item people settled is not exported).
+    "reviews_so_far",
+    "reviews_still_needed",
     # Left blank for the reviewer: a filled copy of this file is itself a valid CSV review file.
     "annotator_id",
     "label",
@@ -62,7 +65,10 @@ class TierAnswer:
 @dataclass(frozen=True)
 class QueueRow:
     """One item waiting for people: the best model answer so far, why it is queued, and how many
-    people must review it (`annotators_needed`, from the project file's human_review settings)."""
+    people must review it (`annotators_needed`, from the project file's human_review settings).
+    `reviews_so_far`: distinct annotators whose answers are already in; `reviews_still_needed`: how many
+    more answers it needs (default: annotators_needed - reviews_so_far; one more after a tie or low
+    agreement)."""
 
     item_id: str
     text: str
@@ -74,6 +80,12 @@ class QueueRow:
     tier_answers: list[TierAnswer]
     queue_reason: str
     annotators_needed: int = 1
+    reviews_so_far: int = 0
+    reviews_still_needed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.reviews_still_needed is None:
+            object.__setattr__(self, "reviews_still_needed", max(self.annotators_needed - self.reviews_so_far, 0))
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> QueueRow:
@@ -97,6 +109,8 @@ class QueueRow:
             ],
             queue_reason=str(row.get("queue_reason") or ""),
             annotators_needed=int(row.get("annotators_needed") or 1),
+            reviews_so_far=int(_float_or_none(row.get("reviews_so_far")) or 0),
+            reviews_still_needed=_int_or_none(row.get("reviews_still_needed")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -181,6 +195,7 @@ class ExportWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             self._temps[kind] = Path(name)
+            _as_open_would(handle)
             self._files[kind] = os.fdopen(handle, "w", encoding="utf-8", newline="")
         self._csv = csv.DictWriter(self._files["csv"], fieldnames=QUEUE_CSV_COLUMNS, lineterminator="\n")
         self._csv.writeheader()
@@ -236,6 +251,8 @@ def _ls_task(row: QueueRow) -> dict[str, Any]:
             "queue_reason": row.queue_reason,
             "label_definition": row.label_definition,
             "annotators_needed": row.annotators_needed,
+            "reviews_so_far": row.reviews_so_far,
+            "reviews_still_needed": row.reviews_still_needed,
         },
         "predictions": predictions,
     }
@@ -249,6 +266,8 @@ def _gt_record(row: QueueRow) -> dict[str, Any]:
             "candidate_label": row.candidate_label,
             "queue_reason": row.queue_reason,
             "annotators_needed": row.annotators_needed,
+            "reviews_so_far": row.reviews_so_far,
+            "reviews_still_needed": row.reviews_still_needed,
         },
     }
 
@@ -307,6 +326,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _as_open_would(handle)
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             out.write(text)
         os.replace(temp_name, path)
@@ -314,6 +334,27 @@ def write_atomic(path: str | Path, text: str) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status): setting
+    and restoring it (the portable way) races with other threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_open_would(handle: int) -> None:
+    """mkstemp creates its file 0600; give it the mode open() would (0666 less the umask), so whoever
+    may read the folder's other files (a reviewer's account, a review tool) can read the export."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(handle, 0o666 & ~current_umask())
 
 
 def month_key(month: str | date) -> str:
@@ -371,13 +412,14 @@ def read_reviews(
 
     The format is detected from the content: a JSON list is a Label Studio export; JSON lines with a
     `<attribute>-metadata` key are a Ground Truth output manifest; other JSON lines and CSV need
-    `item_id`, `annotator_id`, `label` (and optionally `seconds`, `submitted_at`). Rows for unknown
-    items, with labels outside the taxonomy, missing fields, or unparsable, are rejected with their
+    `item_id`, `annotator_id`, `label` (and optionally `seconds`, `submitted_at`). Rows for items not
+    in `known_item_ids` (the month's items, queued now or not), with labels outside the taxonomy, missing fields, or unparsable, are rejected with their
     row number and reason. An annotator answering the same item twice in one file keeps the first
     answer. This function does not raise on bad content; an unreadable file gives one rejected row.
     """
     path = Path(path)
-    reader = _Reader(path, set(map(str, known_item_ids)), set(map(str, taxonomy_labels)))
+    known = known_item_ids if isinstance(known_item_ids, (set, frozenset)) else set(map(str, known_item_ids))
+    reader = _Reader(path, known, set(map(str, taxonomy_labels)))
     try:
         text = path.read_bytes().decode("utf-8-sig")
         reader.file_time = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None)
@@ -439,7 +481,7 @@ class _Reader:
             self.reject(location, item, f"missing {', '.join(missing)}; fill it in or delete the row")
             return
         if item not in self.known_items:
-            self.reject(location, item, f"item {item!r} is not in this month's review queue; check the month folder")
+            self.reject(location, item, f"item {item!r} is not an item of this month; check the month folder")
             return
         if answer not in self.labels:
             self.reject(location, item, f"label {answer!r} is not in the taxonomy {sorted(self.labels)}")
@@ -611,6 +653,11 @@ def _none_if_blank(value: Any) -> str | None:
 
 def _float_or_none(value: Any) -> float | None:
     return None if _missing(value) or value == "" else float(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    number = _float_or_none(value)
+    return None if number is None else int(number)
 
 
 def _missing(value: Any) -> bool:
