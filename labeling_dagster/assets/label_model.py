@@ -1,7 +1,14 @@
-"""The auto-labeler and its first tier: a model trained on every human-verified label to date
-(label_model, not partitioned) and, each month, the items it is sure enough of (auto_labels), which
-never reach a paid tier."""
+"""The auto-labeler and its first tier: the label model of each month (label_model, not partitioned,
+trains the newest one; auto_labels resolves the one of its month) and, each month, the items it is
+sure enough of (auto_labels), which never reach a paid tier.
 
+A month M is labeled by the model trained on the seed set plus what people settled in the months
+before M, never on M's own or later answers: rerunning March after April's reviews are in labels
+March exactly as before. A model's version is a hash of its training rows and settings; a version
+already stored (row in `label_models` and its file under <project>/.models/) is loaded, not trained
+again."""
+
+import hashlib
 import json
 import pickle
 from datetime import datetime, timezone
@@ -11,83 +18,140 @@ import dagster as dg
 import pandas as pd
 
 from labeling_dagster.assets.common import WRITER_TAG, items_from, markdown_table, monthly_asset_args, months_in
+from labeling_dagster.core import autolabel
 from labeling_dagster.core.autolabel import AutoLabeler, accept, build_auto_labeler
 from labeling_dagster.project import Project
 from labeling_dagster.resources.project import ProjectResource
 from labeling_dagster.resources.warehouse import Warehouse, append, clear_window, iter_window, naive_utc
 
 MODEL_GROUP = "models"
+# Part of every version: bump it when training changes in a way the rows and settings do not show.
+TRAINING_SCHEME = 1
+# build_auto_labeler's settings that the project file does not set, pinned so the version covers them.
+FIXED_SETTINGS = {"min_count": 50, "level": 0.95, "folds": 5, "seed": 0}
 
 HUMAN_LABELS = """
-    SELECT r.text, c.label FROM review_consensus c JOIN raw_items r USING (month, item_id) WHERE c.settled
+    SELECT r.text, c.label FROM review_consensus c JOIN raw_items r USING (month, item_id)
+    WHERE c.settled {before} ORDER BY c.month, c.item_id
 """
 AGREED_LABELS = """
     SELECT r.text, q.label FROM qa_labels q JOIN raw_items r USING (month, item_id)
-    WHERE q.next_step = 'accept' AND q.route_reason = 'QA agrees with the first pass'
+    WHERE q.next_step = 'accept' AND q.route_reason = 'QA agrees with the first pass' {before}
+    ORDER BY q.month, q.item_id
 """
 
 
-def training_set(conn, project: Project) -> pd.DataFrame:
-    """Every human-verified label to date: the seed set (drawn at random, so it also measures the
-    threshold: held_out), people's settled consensus (training only: those items were routed to people
-    for being hard), and optionally the items QA settled by agreeing with the first pass."""
+def training_set(conn, project: Project, before: datetime | None = None) -> pd.DataFrame:
+    """The human-verified labels known before the month `before` starts (None: every one to date): the
+    seed set (drawn at random, so it also measures the threshold: held_out), people's settled consensus
+    (training only: those items were routed to people for being hard), and optionally the items QA
+    settled by agreeing with the first pass. In a fixed order (seed file, then month and item), so the
+    same labels give the same model."""
     seed = project.seed_set
     frame = pd.read_csv(project.resolve(seed.path), dtype=str, keep_default_na=False)
     parts = [pd.DataFrame({"text": frame[seed.text_column], "label": frame[seed.label_column], "held_out": True})]
-    parts.append(conn.execute(HUMAN_LABELS).df().assign(held_out=False))
+    where, params = ("", {}) if before is None else ("AND c.month < $before", {"before": naive_utc(before)})
+    parts.append(conn.execute(HUMAN_LABELS.format(before=where), params).df().assign(held_out=False))
     if project.auto_label.include_agreed_model_labels:
-        parts.append(conn.execute(AGREED_LABELS).df().assign(held_out=False))
+        where = "" if before is None else "AND q.month < $before"
+        parts.append(conn.execute(AGREED_LABELS.format(before=where), params).df().assign(held_out=False))
     every = pd.concat(parts, ignore_index=True)
     every = every[every["label"].isin(project.taxonomy.names) & (every["text"].str.strip() != "")]
     return every.drop_duplicates("text", keep="first").reset_index(drop=True)
 
 
-def latest_auto_labeler(conn, project: Project) -> AutoLabeler | None:
-    row = conn.execute("SELECT path FROM label_models ORDER BY trained_at DESC LIMIT 1").fetchone()
+def labeler_settings(project: Project) -> dict:
+    settings = project.auto_label
+    return {"scheme": TRAINING_SCHEME, "features": settings.features, "target_accuracy": settings.target_accuracy,
+            "min_training_size": settings.min_training_size, "C": autolabel.DEFAULT_C,
+            "embedding_weight": autolabel.EMBEDDING_WEIGHT, **FIXED_SETTINGS}
+
+
+def labeler_version(data: pd.DataFrame, settings: dict) -> str:
+    """A hash of the training rows (text, label, held out; in order, which the folds depend on) and the
+    settings: the same labels and settings give the same version, any change a new one."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for text, label, held_out in zip(data["text"], data["label"], data["held_out"]):
+        digest.update(f"{label}\t{int(bool(held_out))}\t{text}\n".encode())
+    return f"autolabel-{digest.hexdigest()[:16]}"
+
+
+def model_path(project: Project, version: str) -> Path:
+    return project.root / ".models" / f"label_model-{version}.pkl"
+
+
+def stored_auto_labeler(conn, project: Project, version: str) -> AutoLabeler | None:
+    """The model of `version` when it is stored: listed in label_models and its file on disk."""
+    row = conn.execute("SELECT path FROM label_models WHERE version = ? LIMIT 1", [version]).fetchone()
     if row is None or not Path(row[0]).exists():
         return None
     with open(row[0], "rb") as handle:
-        return pickle.load(handle)
+        labeler = pickle.load(handle)
+    return labeler if labeler.model.version == version else None
+
+
+def ensure_auto_labeler(conn, project: Project, data: pd.DataFrame) -> tuple[AutoLabeler, dict]:
+    """The auto-labeler trained on `data` (training_set): loaded when its version is stored, else
+    trained, pickled under <project>/.models/ and listed in label_models. Also returns what happened:
+    version, path, trained (False: reused), training rows."""
+    settings = labeler_settings(project)
+    version = labeler_version(data, settings)
+    path = model_path(project, version)
+    facts = {"version": version, "path": str(path), "human_labels": len(data),
+             "held_out_labels": int(data["held_out"].sum())}
+    stored = stored_auto_labeler(conn, project, version)
+    if stored is not None:
+        return stored, {**facts, "trained": False}
+    labeler = build_auto_labeler(
+        data["text"].tolist(), data["label"].tolist(), features=settings["features"],
+        target_accuracy=settings["target_accuracy"], held_out=data["held_out"].tolist(),
+        min_training_size=settings["min_training_size"], **FIXED_SETTINGS,
+    )
+    labeler.model.version = version  # one version everywhere: label_models, auto_labels rows, accept reasons
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as handle:
+        pickle.dump(labeler, handle)
+    temporary.replace(path)
+    info = labeler.metadata()
+    conn.execute("DELETE FROM label_models WHERE version = ?", [version])
+    row = {**info, "trained_at": datetime.now(timezone.utc).replace(tzinfo=None), "path": str(path),
+           "held_out": facts["held_out_labels"], "curve": json.dumps([vars(p) for p in labeler.curve])}
+    incoming = pd.DataFrame([row])  # noqa: F841 (read by name in the SQL below)
+    conn.execute("INSERT INTO label_models BY NAME SELECT * FROM incoming")
+    return labeler, {**facts, "trained": True}
+
+
+def month_auto_labeler(conn, project: Project, month_start: datetime) -> tuple[AutoLabeler, dict]:
+    """The auto-labeler of the month starting at `month_start`: trained on the seed set and the labels
+    people settled in earlier months only (loaded when already stored, else trained now)."""
+    return ensure_auto_labeler(conn, project, training_set(conn, project, before=month_start))
 
 
 def build_label_model() -> dg.AssetsDefinition:
     @dg.asset(group_name=MODEL_GROUP, pool="warehouse", op_tags={WRITER_TAG: "1"}, kinds={"scikitlearn", "duckdb"})
     def label_model(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
-        """The auto-labeler, versioned by its training data and settings: trained (cross-fitted) on every
-        human-verified label to date, with the acceptance threshold chosen on held-out human labels so
-        the accepted items meet auto_label.target_accuracy (a 95% lower bound, not a raw probability),
-        the coverage it gives, and its validation curve. Stored under <project>/.models/ and listed in
-        `label_models`. Below auto_label.min_training_size it accepts nothing and says why."""
+        """The newest auto-labeler: trained (cross-fitted) on the seed set and every human-verified label
+        to date, which is the model of the next month to label, with the acceptance threshold chosen on
+        held-out human labels so the accepted items meet auto_label.target_accuracy (a 95% lower bound,
+        not a raw probability), the coverage it gives, and its validation curve. Versioned by a hash of
+        its training rows and settings; a version already stored is reused, not trained again
+        (`trained: false`). Stored under <project>/.models/ and listed in `label_models`, the registry
+        from which auto_labels takes each month's own version (training an earlier month's when a
+        backfill needs it). Below auto_label.min_training_size it accepts nothing and says why."""
         spec = project.load()
-        settings = spec.auto_label
-        if not settings.enabled:
+        if not spec.auto_label.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})
         with warehouse.session() as conn:
-            data = training_set(conn, spec)
-            labeler = build_auto_labeler(
-                data["text"].tolist(), data["label"].tolist(), features=settings.features,
-                target_accuracy=settings.target_accuracy, held_out=data["held_out"].tolist(),
-                min_training_size=settings.min_training_size,
-            )
-            info = labeler.metadata()
-            path = spec.root / ".models" / f"label_model-{info['version']}.pkl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            with open(temporary, "wb") as handle:
-                pickle.dump(labeler, handle)
-            temporary.replace(path)
-            conn.execute("DELETE FROM label_models WHERE version = ?", [info["version"]])
-            row = {**info, "trained_at": datetime.now(timezone.utc).replace(tzinfo=None), "path": str(path),
-                   "held_out": int(data["held_out"].sum()), "curve": json.dumps([vars(p) for p in labeler.curve])}
-            incoming = pd.DataFrame([row])  # noqa: F841 (read by name in the SQL below)
-            conn.execute("INSERT INTO label_models BY NAME SELECT * FROM incoming")
+            labeler, facts = ensure_auto_labeler(conn, spec, training_set(conn, spec))
+        if not facts["trained"]:
+            context.log.info(f"label model {facts['version']} is already stored; reused, not trained again")
+        info = labeler.metadata()
         curve = pd.DataFrame([vars(point) for point in labeler.curve])
         return dg.MaterializeResult(
             metadata={
                 **{key: value.item() if hasattr(value, "item") else value for key, value in info.items() if value is not None},
-                "human_labels": len(data),
-                "held_out_labels": int(data["held_out"].sum()),
-                "path": str(path),
+                **facts,
                 "validation_curve": markdown_table(curve.round(4) if len(curve) else curve),
             }
         )
@@ -99,48 +163,63 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
     @dg.asset(**monthly_asset_args(partitions), deps=["raw_items", "label_model"], kinds={"duckdb"})
     def auto_labels(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """One row per item of the month when the auto-labeler is on: accepted (next_step accept) when
-        its confidence reaches the label model's threshold, otherwise passed on to the first pass. Accepted items never reach a paid tier. Metadata: the share auto-labeled, its
-        estimated accuracy, and the human reviews and dollars that share saves."""
+        its confidence reaches the month's label model's threshold, otherwise passed on to the first
+        pass. Accepted items never reach a paid tier.
+        The month's model is the one trained on the seed set plus the labels people settled (and, with
+        include_agreed_model_labels, QA agreed) in months strictly before this partition: taken from the
+        `label_models` registry that label_model fills when its version is stored, trained here when not
+        (a backfill of an earlier month), so rerunning a month reproduces its labels whatever was
+        learned since. Reading earlier months' review_consensus is the project's one exception to
+        Dagster's no-cycle rule: human_reviews is downstream of auto_labels, so that dependency cannot
+        be declared; it is pinned to months before the partition, never the partition itself (a
+        backfill over several months reads the earlier months' reviews as last ingested).
+        Metadata: the model version (and whether it was trained in this step), the share auto-labeled,
+        its estimated accuracy, and the human reviews and dollars that share saves."""
         spec = project.load()
         if not spec.auto_label.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})
-        rows, accepted_total, items_total = [], 0, 0
+        rows, accepted_total, items_total, versions = [], 0, 0, {}
         with warehouse.session() as conn:
-            labeler = latest_auto_labeler(conn, spec)
-            if labeler is None:
-                raise dg.Failure("auto_label.enabled is set but no label model is stored; materialize `label_model` first")
-            pages = ((month, window, page) for month, window in months_in(context.partition_time_window)
-                     for page in iter_window(conn, "raw_items", window))
             clear_window(conn, "auto_labels", context.partition_time_window)
-            for month, window, page in pages:
-                items = items_from(page)
-                result = accept(labeler.model, labeler.choice.threshold, items)
-                taken = {answer.item_id: answer for answer in result.accepted}
-                for item in items:
-                    answer = taken.get(item.item_id)
-                    rows.append({
-                        "month": naive_utc(window.start), "item_id": item.item_id, "tier": "auto_label",
-                        "provider": "local", "model": "label_model", "prompt_version": labeler.model.version,
-                        "label": answer.label if answer else None,
-                        "confidence": answer.confidence if answer else None,
-                        "raw_confidence": answer.confidence if answer else None,
-                        "reason": answer.reason if answer else None,
-                        "alternatives": json.dumps(answer.alternatives) if answer else None,
-                        "reused": False,
-                        "next_step": "accept" if answer else "first_pass",
-                        "route_reason": "auto-labeled" if answer else (
-                            f"below the auto-label threshold {labeler.choice.threshold:.3f}"
-                            if labeler.choice.threshold is not None else f"auto-labeler off: {labeler.choice.reason}"),
-                    })
-                accepted_total += len(taken)
-                items_total += len(items)
-                append(conn, "auto_labels", pd.DataFrame(rows))
-                rows = []
+            for month, window in months_in(context.partition_time_window):
+                labeler, facts = month_auto_labeler(conn, spec, window.start)
+                versions[month] = facts
+                context.log.info(f"{month}: label model {facts['version']} "
+                                 f"({'trained now' if facts['trained'] else 'stored, reused'}) on {facts['human_labels']} labels")
+                for page in iter_window(conn, "raw_items", window):
+                    items = items_from(page)
+                    result = accept(labeler.model, labeler.choice.threshold, items)
+                    taken = {answer.item_id: answer for answer in result.accepted}
+                    for item in items:
+                        answer = taken.get(item.item_id)
+                        rows.append({
+                            "month": naive_utc(window.start), "item_id": item.item_id, "tier": "auto_label",
+                            "provider": "local", "model": "label_model", "prompt_version": labeler.model.version,
+                            "label": answer.label if answer else None,
+                            "confidence": answer.confidence if answer else None,
+                            "raw_confidence": answer.confidence if answer else None,
+                            "reason": answer.reason if answer else None,
+                            "alternatives": json.dumps(answer.alternatives) if answer else None,
+                            "reused": False,
+                            "next_step": "accept" if answer else "first_pass",
+                            "route_reason": "auto-labeled" if answer else (
+                                f"below the auto-label threshold {labeler.choice.threshold:.3f}"
+                                if labeler.choice.threshold is not None else f"auto-labeler off: {labeler.choice.reason}"),
+                        })
+                    accepted_total += len(taken)
+                    items_total += len(items)
+                    append(conn, "auto_labels", pd.DataFrame(rows))
+                    rows = []
         review = spec.human_review
         saved_reviews = accepted_total * review.annotators_per_item
+        single = len(versions) == 1
         return dg.MaterializeResult(
             metadata={
-                "model_version": labeler.model.version,
+                "model_version": labeler.model.version if single else json.dumps({m: f["version"] for m, f in versions.items()}),
+                "model_trained": versions[month]["trained"] if single else json.dumps(
+                    {m: f["trained"] for m, f in versions.items()}),
+                "training_labels": versions[month]["human_labels"] if single else json.dumps(
+                    {m: f["human_labels"] for m, f in versions.items()}),
                 "threshold": float(labeler.choice.threshold) if labeler.choice.threshold is not None else "none",
                 "items": items_total,
                 "auto_labeled": accepted_total,
@@ -154,4 +233,3 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
         )
 
     return auto_labels
-
