@@ -119,7 +119,7 @@ def ledger_matches_calls(billed: pd.DataFrame, ledger: pd.DataFrame) -> dg.Asset
         want_calls, want_usd = (int(calls["calls"].sum()), float(calls["usd"].sum())) if len(calls) else (0, 0.0)
         have_calls, have_usd = ((int(model.loc[month, "calls"]), float(model.loc[month, "usd"]))
                                 if model is not None and month in model.index else (0, 0.0))
-        if have_calls != want_calls or abs(have_usd - want_usd) > 1e-8:
+        if have_calls != want_calls or not abs(have_usd - want_usd) <= 1e-8:  # a NaN on either side fails too
             problems.append(f"{month:%Y-%m}: ledger {have_calls} calls ${have_usd:.6f}, "
                             f"model_calls {want_calls} calls ${want_usd:.6f}")
     return dg.AssetCheckResult(

@@ -39,16 +39,19 @@ def items(texts: list[str] = TEXTS, prefix: str = "t") -> list[Item]:
     return [Item(f"{prefix}{n:02d}", text, content_hash(text)) for n, text in enumerate(texts)]
 
 
-def tier(server: FakeLLMServer, **options) -> TierConfig:
-    return TierConfig(name="first_pass", role="first_pass", provider="openai", model="gpt-5-nano", items_per_request=3,
+def tier(server: FakeLLMServer, items_per_request: int = 3, **options) -> TierConfig:
+    return TierConfig(name="first_pass", role="first_pass", provider="openai", model="gpt-5-nano",
+                      items_per_request=items_per_request,
                       options={"base_url": server.openai_base_url, "max_concurrency": 4, **options})
 
 
-def label(server: FakeLLMServer, warehouse: Path, todo: list[Item], *, prior=None, run_id: str = "run", **options):
+def label(server: FakeLLMServer, warehouse: Path, todo: list[Item], *, prior=None, run_id: str = "run",
+          role: str = "first_pass", **options):
     with duckdb.connect(str(warehouse)) as conn:
         ensure_tables(conn)
         cache = DuckDBCallCache(conn, MONTH, run_id, stage="first_pass_labels")
-        return run_tier(OpenAIProvider(), tier=tier(server, **options), taxonomy=TAXONOMY, items=todo, cache=cache,
+        task_tier = tier(server, **options).model_copy(update={"role": role, "name": role})
+        return run_tier(OpenAIProvider(), tier=task_tier, taxonomy=TAXONOMY, items=todo, cache=cache,
                         price=PRICE, budget=Budget(monthly_usd=10), spent_before=0.0, prior=prior)
 
 
@@ -88,7 +91,7 @@ def test_a_kill_during_a_wave_keeps_every_answer_already_received(tmp_path: Path
         while sum(1 for r in server.calls("/v1/chat/completions") if r.status == 200) < 3:
             assert time.monotonic() < deadline and child.is_alive(), "the child never got 3 answers"
             time.sleep(0.05)
-        time.sleep(1.0)  # the child stores each answer as it arrives; give it a moment for the third
+        time.sleep(2.0)  # the child stores each answer as it arrives; give it a moment for the third
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         assert child.exitcode == -signal.SIGKILL
@@ -122,41 +125,64 @@ def test_a_rerun_sends_only_items_without_a_stored_answer(tmp_path: Path) -> Non
         assert len(server.calls("/v1/chat/completions")) == before
 
 
+def test_calls_stored_before_per_item_results_are_still_reused(tmp_path: Path) -> None:
+    """A warehouse of an earlier version has whole requests only: they are reused while the requests
+    are the same, and adopted per item then, so a later shift of the boundaries pays nothing again."""
+    warehouse = tmp_path / "w.duckdb"
+    with FakeLLMServer() as server:
+        label(server, warehouse, items())
+        with duckdb.connect(str(warehouse)) as conn:
+            conn.execute("DELETE FROM item_answers")  # what an earlier version left: model_calls only
+        before = len(server.calls("/v1/chat/completions"))
+        assert label(server, warehouse, items()).calls_made == 0
+        shifted = label(server, warehouse, [Item("a00", EXTRA[0], content_hash(EXTRA[0])), *items()])
+        assert sent_items(server, before) == [EXTRA[0]] and shifted.reused_items == 12
+
+
 def test_a_changed_earlier_answer_re_pays_only_its_item(tmp_path: Path) -> None:
     """Defect 2, as the issue met it: one earlier tier's answer changes; the tier that is shown it
     pays for that item only, whatever the position of the item in the month."""
     warehouse = tmp_path / "w.duckdb"
     prior = {item.item_id: [PriorAnswer("qa", "billing", 0.5, "r")] for item in items()}
     with FakeLLMServer() as server:
-        label(server, warehouse, items(), prior=prior)
+        label(server, warehouse, items(), prior=prior, role="adjudication")
         prior["t01"] = [PriorAnswer("qa", "cancellation", 0.8, "r")]
         before = len(server.calls("/v1/chat/completions"))
-        again = label(server, warehouse, items(), prior=prior)
+        again = label(server, warehouse, items(), prior=prior, role="adjudication")
         assert sent_items(server, before) == [TEXTS[1]] and again.reused_items == 11
 
 
 def test_every_billed_attempt_stays_in_model_calls(tmp_path: Path) -> None:
-    """Defect 3: a request answered with garbage twice (call and repair, both billed) is asked again
-    on the rerun; its first two attempts keep their rows, so model_calls holds all that was billed."""
+    """Defect 3: a request answered with garbage (billed) whose repair gets only 5xx is asked again on
+    the rerun; its first, billed attempt keeps its row, so model_calls holds all that was billed."""
     warehouse = tmp_path / "w.duckdb"
     with FakeLLMServer() as server:
         server.enqueue("/v1/chat/completions", content="not json")
-        server.enqueue("/v1/chat/completions", content="still not json")
-        first = label(server, warehouse, items()[:3], max_concurrency=1)
+        for _ in range(3):
+            server.enqueue("/v1/chat/completions", status=500)
+        first = label(server, warehouse, items()[:3], max_concurrency=1, max_retries=2, backoff_s=0.01)
         assert first.answers == {} and first.calls_made == 2
-        label(server, warehouse, items()[:3], max_concurrency=1)
+        again = label(server, warehouse, items()[:3], max_concurrency=1)
+        assert len(again.answers) == 3
         billed = [r for r in server.calls("/v1/chat/completions") if r.status == 200]
-        assert len(billed) == 3
+        assert len(billed) == 2
         tokens = sorted(r.response["usage"]["prompt_tokens"] for r in billed)
-    rows = table(warehouse, "SELECT call_id, input_tokens, usd, status FROM model_calls ORDER BY created_at")
-    assert len(rows) == 3 and len({row[0] for row in rows}) == 3
-    assert sorted(row[1] for row in rows) == tokens and all(row[2] > 0 for row in rows)
-    assert [row[3] for row in rows] == ["error", "error", "ok"]
+    rows = table(warehouse, "SELECT call_id, attempt, input_tokens, usd, status FROM model_calls ORDER BY created_at")
+    assert [(row[1], row[4]) for row in rows] == [("call", "error"), ("repair", "error"), ("call", "ok")]
+    assert len({row[0] for row in rows}) == 3
+    assert sorted(row[2] for row in rows if row[3] > 0) == tokens  # both billed replies, the first one too
+    # garbage twice (call and repair, both billed) is those inputs' result: not paid a third time
+    with FakeLLMServer() as server:
+        server.enqueue("/v1/chat/completions", content="not json")
+        server.enqueue("/v1/chat/completions", content="still not json")
+        assert label(server, tmp_path / "w2.duckdb", items()[:3], max_concurrency=1).calls_made == 2
+        rerun = label(server, tmp_path / "w2.duckdb", items()[:3], max_concurrency=1)
+        assert rerun.calls_made == 0 and rerun.reused_items == 3 and rerun.answers == {}
 
 
 def test_an_oversized_item_fails_alone(tmp_path: Path) -> None:
-    """Defect 7: a request the provider refuses (HTTP 400, context length) is sent again without its
-    longest item, and that item alone: the innocent items are answered, only the long one fails."""
+    """Defect 7: a request the provider refuses (HTTP 400, context length) is halved until the item
+    that causes it is alone: the innocent items are answered, only the long one fails."""
     warehouse = tmp_path / "w.duckdb"
     huge = "billing " * 3000
     todo = [*items()[:2], Item("t99", huge, content_hash(huge))]
@@ -164,12 +190,43 @@ def test_an_oversized_item_fails_alone(tmp_path: Path) -> None:
         server.max_request_chars = 12_000
         result = label(server, warehouse, todo, max_concurrency=1)
         statuses = [r.status for r in server.calls("/v1/chat/completions")]
-    assert statuses == [400, 200, 400]
-    assert set(result.answers) == {"t00", "t01"}
-    assert "maximum context length" in result.failures["t99"]
-    # the refusals cost nothing and are kept; the rerun asks only for the long item
-    assert table(warehouse, "SELECT status, usd > 0 FROM model_calls ORDER BY created_at") == [
-        ("rejected", False), ("ok", True), ("rejected", False)]
+        assert statuses == [400, 200, 400, 200, 400]  # [t00 t01 t99], [t00], [t01 t99], [t01], [t99]
+        assert set(result.answers) == {"t00", "t01"}
+        assert "maximum context length" in result.failures["t99"]
+        # the refusals cost nothing and are kept; a rerun asks only about the long item (refused, free)
+        assert table(warehouse, "SELECT COUNT(*), SUM(usd) FILTER (WHERE status = 'rejected') FROM model_calls") == [(5, 0.0)]
+        label(server, warehouse, todo, max_concurrency=1)
+        assert [r.status for r in server.calls("/v1/chat/completions")][5:] == [400]
+
+
+def test_two_offending_items_in_one_half_fail_alone(tmp_path: Path) -> None:
+    huge = "billing " * 3000
+    todo = [*items()[:4], Item("t98", huge, content_hash(huge)), Item("t99", huge + "x", content_hash(huge + "x"))]
+    with FakeLLMServer() as server:
+        server.max_request_chars = 12_000
+        result = label(server, tmp_path / "w.duckdb", todo, max_concurrency=1, items_per_request=6)
+    assert set(result.answers) == {"t00", "t01", "t02", "t03"} and set(result.failures) == {"t98", "t99"}
+
+
+def test_a_request_refused_whatever_it_holds_fails_after_two_more_refusals(tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        server.max_request_chars = 10  # every request is too long
+        result = label(server, tmp_path / "w.duckdb", items()[:3], max_concurrency=1)
+        assert len(server.calls("/v1/chat/completions")) == 3
+    assert result.answers == {} and len(result.failures) == 3
+
+
+def test_the_reconciling_check_fails_when_the_ledger_misses_a_call() -> None:
+    import pandas as pd
+
+    from labeling_dagster import checks
+
+    month = pd.Timestamp("2026-08-01")
+    billed = pd.DataFrame({"month": [month], "calls": [3], "usd": [0.5]})
+    ledger = pd.DataFrame({"month": [month] * 2, "kind": ["model"] * 2, "calls": [2, 1], "usd": [0.2, 0.3]})
+    assert checks.ledger_matches_calls(billed, ledger).passed
+    assert not checks.ledger_matches_calls(billed, ledger.iloc[:1]).passed
+    assert not checks.ledger_matches_calls(billed, ledger.assign(usd=[0.2, float("nan")])).passed
 
 
 def test_the_ledger_counts_superseded_calls(paid_project: Path, server: FakeLLMServer, tmp_path: Path) -> None:

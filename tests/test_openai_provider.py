@@ -183,11 +183,11 @@ def test_bad_key_stops_the_run_and_bad_request_fails_the_call(server):
     assert outcome.status == "rejected" and "context too long" in outcome.failures["t0"]
     assert len(server.calls("/v1/chat/completions")) == 2  # no retry of a 400
     # a refused request of several items is split (tests/test_integrity.py); refused again whole, all fail
-    for _ in range(2):
+    for _ in range(3):
         server.enqueue("/v1/chat/completions", status=400, body={"error": {"message": "invalid schema"}})
     outcome = OpenAIProvider().label_batch(task(tier(server)))
     assert outcome.status == "rejected" and all("invalid schema" in why for why in outcome.failures.values())
-    assert len(server.calls("/v1/chat/completions")) == 4  # the request, then once without its longest item
+    assert len(server.calls("/v1/chat/completions")) == 5  # the request, then its two halves, both refused
 
 
 def test_unknown_option_is_refused(server):

@@ -35,6 +35,7 @@ from labeling_dagster.resources.warehouse import (
     Warehouse,
     append,
     clear_window,
+    ensure_tables,
     iter_window,
     naive_utc,
 )
@@ -250,6 +251,7 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
     made_here = ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE month = ? "
                  "AND call_id NOT IN (SELECT call_id FROM copied_calls)")
     with duckdb.connect(shard.path) as conn:
+        ensure_tables(conn)  # a file an earlier version planned gets the tables added since
         conn.execute(f"DELETE FROM {stage.asset}")
         price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
         for todo, prior, earlier in _todo_chunks(stage, conn, window, shards.page_rows(tier.items_per_request)):

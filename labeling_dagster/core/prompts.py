@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeling_dagster.core.estimate import BYTES_PER_TOKEN, estimate_tokens
-from labeling_dagster.core.labels import Answer, CallOutcome, LabelTask, Usage
+from labeling_dagster.core.labels import Answer, CallOutcome, LabelTask, PriorAnswer, Usage
 from labeling_dagster.project import Taxonomy, TierConfig
 
 # Bump when the way prompts are rendered or parsed changes meaning: it is part of every version,
@@ -140,16 +140,9 @@ def build_prompt(task: LabelTask) -> Prompt:
         ids[short] = item.item_id
         row: dict[str, Any] = {"id": short, "text": item.text}
         prior = task.prior.get(item.item_id, [])
-        if task.tier.role != "first_pass" and prior:
-            row["earlier_answers"] = [
-                {
-                    "tier": p.tier,
-                    "label": p.label,
-                    "confidence": None if p.confidence is None else round(p.confidence, 3),
-                    **({"reason": p.reason} if p.reason else {}),
-                }
-                for p in prior
-            ]
+        shown = earlier_answers_shown(task.tier, prior)
+        if shown:
+            row["earlier_answers"] = shown
         lines.append(json.dumps(row, ensure_ascii=False))
     return Prompt(
         system=static_prefix(task.taxonomy, task.tier),
@@ -157,6 +150,21 @@ def build_prompt(task: LabelTask) -> Prompt:
         schema=answer_schema(task.taxonomy, task.tier.prompt.with_reason),
         ids=ids,
     )
+
+
+def earlier_answers_shown(tier: TierConfig, prior: list[PriorAnswer]) -> list[dict[str, Any]]:
+    """The earlier tiers' answers exactly as an item's line of the prompt shows them (none to a first pass)."""
+    if tier.role == "first_pass":
+        return []
+    return [
+        {
+            "tier": p.tier,
+            "label": p.label,
+            "confidence": None if p.confidence is None else round(p.confidence, 3),
+            **({"reason": p.reason} if p.reason else {}),
+        }
+        for p in prior
+    ]
 
 
 def prompt_version(taxonomy: Taxonomy, tier: TierConfig, settings: dict[str, Any]) -> str:
@@ -295,13 +303,14 @@ def failed_outcome(task: LabelTask, error: str, usage: Usage = Usage(), *, statu
     )
 
 
-def without_item(task: LabelTask, item_id: str) -> LabelTask:
-    """The same task less one item."""
+def part_of(task: LabelTask, items: list) -> LabelTask:
+    """The same task for some of its items."""
+    wanted = {item.item_id for item in items}
     return LabelTask(
         taxonomy=task.taxonomy,
         tier=task.tier,
-        items=[item for item in task.items if item.item_id != item_id],
-        prior={key: answers for key, answers in task.prior.items() if key != item_id},
+        items=list(items),
+        prior={key: answers for key, answers in task.prior.items() if key in wanted},
     )
 
 

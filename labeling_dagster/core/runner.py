@@ -28,7 +28,7 @@ from labeling_dagster.core.labels import (
     validate_outcome,
 )
 from labeling_dagster.core.pricing import ModelPrice, call_usd
-from labeling_dagster.core.prompts import build_prompt, estimated_output_tokens
+from labeling_dagster.core.prompts import build_prompt, earlier_answers_shown, estimated_output_tokens
 from labeling_dagster.project import Budget, Taxonomy, TierConfig
 
 
@@ -79,12 +79,16 @@ class CallCache(Protocol):
         """Store one attempt and the item results it settled; returns the call id it was stored under."""
         ...
 
+    def adopt(self, call_id: str, record: CallRecord, items: list[ItemRecord]) -> None:
+        """Store per item the answers of a call stored before results were stored per item."""
+        ...
 
-def item_key(provider: str, model: str, version: str, item: Item, prior: list[PriorAnswer]) -> str:
-    """What decides one item's answer: the same provider, model, prompt version, item id and text and
-    earlier answers (as the prompt shows them) always give the same key."""
-    shown = [(p.tier, p.label, p.confidence) for p in prior]
-    text = "\n".join([provider, model, version, f"{item.item_id}:{item.content_hash}:{json.dumps(shown)}"])
+
+def item_key(provider: str, model: str, version: str, tier: TierConfig, item: Item, prior: list[PriorAnswer]) -> str:
+    """What decides one item's answer: the same provider, model, prompt version, item id and text, and
+    earlier answers exactly as the prompt shows them, always give the same key."""
+    shown = json.dumps(earlier_answers_shown(tier, prior), ensure_ascii=False, sort_keys=True)
+    text = "\n".join([provider, model, version, f"{item.item_id}:{item.content_hash}:{shown}"])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
@@ -134,12 +138,12 @@ class _Recorder:
         key = call_key(self.provider.provider_name, self.tier.model, version, task)
         if attempt != "call":
             key = hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:40]
-        answered = outcome.usage.input_tokens > 0 or outcome.usage.output_tokens > 0 or self.price is None
-        items = []
-        for answer in outcome.answers:
-            items.append(ItemRecord(self.keys[answer.item_id], answer.item_id, answer, None, ""))
-        if final and answered and outcome.status not in ("error", "rejected"):
-            # the provider answered, was billed and (for an LLM) already asked again: that is these inputs' result
+        replied = outcome.error is None and (outcome.usage.input_tokens > 0 or outcome.usage.output_tokens > 0
+                                             or self.price is None)
+        items = [ItemRecord(self.keys[answer.item_id], answer.item_id, answer, None, "") for answer in outcome.answers]
+        if final and replied:
+            # A reply came, was billed, and (for an LLM) this was already the second asking: its failures
+            # are these inputs' result. A call that got no reply (retries ran out, a timeout, a 400) is not.
             items += [ItemRecord(self.keys[item_id], item_id, None, reason, "") for item_id, reason in outcome.failures.items()]
         record = CallRecord(key, self.tier.name, self.provider.provider_name, self.tier.model, version, len(task.items),
                             outcome, usd, first_item=task.items[0].item_id, request_key=key, attempt=attempt)
@@ -175,7 +179,7 @@ def run_tier(
     if not ordered:
         return result
     result.version = provider.version(LabelTask(taxonomy, tier, ordered[:1]))
-    keys = {item.item_id: item_key(provider.provider_name, tier.model, result.version, item, prior.get(item.item_id, []))
+    keys = {item.item_id: item_key(provider.provider_name, tier.model, result.version, tier, item, prior.get(item.item_id, []))
             for item in ordered}
     stored = cache.items(list(keys.values()))
     todo = []
@@ -200,7 +204,10 @@ def run_tier(
         key = call_key(provider.provider_name, tier.model, result.version, task)
         legacy = cache.get(key)  # a call stored before results were stored per item, for these very items
         if legacy is not None:
-            _absorb(result, {item.item_id: key for item in task.items}, validate_outcome(legacy.outcome, task))
+            outcome = validate_outcome(legacy.outcome, task)
+            _absorb(result, {item.item_id: key for item in task.items}, outcome)
+            # from now on its answers are reused per item, however the requests are cut next time
+            cache.adopt(key, legacy, [ItemRecord(keys[a.item_id], a.item_id, a, None, key) for a in outcome.answers])
             result.reused_calls.add(key)
             result.reused_items += len(task.items)
         else:

@@ -31,9 +31,9 @@ from labeling_dagster.core.prompts import (
     failed_outcome,
     merge_repair,
     outcome_from_reply,
+    part_of,
     prompt_version,
     repair_task,
-    without_item,
 )
 from labeling_dagster.core.ratelimit import (
     RateLimiter,
@@ -258,16 +258,20 @@ class LLMProvider(dg.ConfigurableResource):
         return outcome
 
     def _split(self, task: LabelTask, rejected: CallOutcome, on_call: OnCall) -> CallOutcome:
-        """The provider refused a request of several items (an HTTP 400: too long, a policy, ...). Most
-        often one item is the cause, so the request goes again without its longest item, and that
-        item alone: the innocent items get their answers and only the offending one fails. When the
-        request is refused without that item too, the cause is not an item: every item fails."""
-        longest = max(task.items, key=lambda item: len(item.text))
-        rest = self._label_online(without_item(task, longest.item_id), on_call, attempt="split")
-        if rest.status == "rejected":
+        """The provider refused a request of several items (an HTTP 400: too long, a policy, ...). Often
+        one item is the cause, so the request is halved and each half sent; a half refused again is
+        halved again, down to the single items that cause it, so the innocent items get their answers.
+        When both halves of a request are refused, the cause is not an item (or two offending items
+        sit in both halves): every item of that request fails, at the cost of two more refusals."""
+        half = len(task.items) // 2
+        parts = [part_of(task, task.items[:half]), part_of(task, task.items[half:])]
+        outcomes = [self._label_online(part, on_call, attempt="split") for part in parts]
+        if all(outcome.status == "rejected" for outcome in outcomes):
             return failed_outcome(task, rejected.error or "request rejected", status="rejected")
-        alone = LabelTask(task.taxonomy, task.tier, [longest], {k: v for k, v in task.prior.items() if k == longest.item_id})
-        return combine_outcomes([rest, self._label_online(alone, on_call, attempt="split")])
+        return combine_outcomes([
+            self._split(part, outcome, on_call) if outcome.status == "rejected" and len(part.items) > 1 else outcome
+            for part, outcome in zip(parts, outcomes)
+        ])
 
     def _ask(self, task: LabelTask) -> CallOutcome:
         tier = task.tier

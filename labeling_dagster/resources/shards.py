@@ -130,11 +130,12 @@ def _merge_attached_calls(conn: duckdb.DuckDBPyConnection) -> int:
     new = ("FROM shard.model_calls WHERE call_id NOT IN (SELECT call_id FROM shard.copied_calls) "
            "AND call_id NOT IN (SELECT call_id FROM model_calls)")
     (count,) = conn.execute(f"SELECT COUNT(*) {new}").fetchone()
-    conn.execute(
-        f"INSERT INTO item_answers ({ITEM_COLUMNS}) SELECT {ITEM_COLUMNS} FROM shard.item_answers "
-        f"WHERE call_id IN (SELECT call_id {new})"
-    )
     conn.execute(f"INSERT INTO model_calls ({CALL_COLUMNS}) SELECT {CALL_COLUMNS} {new}")
+    # the item results the shard stored (of its new calls, and older calls' answers it adopted per item)
+    conn.execute(
+        f"INSERT INTO item_answers ({ITEM_COLUMNS}) SELECT {ITEM_COLUMNS} FROM shard.item_answers s "
+        "WHERE NOT EXISTS (SELECT 1 FROM item_answers w WHERE w.item_key = s.item_key AND w.call_id = s.call_id)"
+    )
     return int(count)
 
 
@@ -149,11 +150,22 @@ def _in_transaction(conn: duckdb.DuckDBPyConnection, work):
     return result
 
 
+def upgrade(path: Path) -> None:
+    """Give a shard file an earlier version wrote the tables and columns added since (its calls stay)."""
+    try:
+        with duckdb.connect(str(path)) as shard:
+            if shard.execute("SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = 'copied_calls'").fetchone()[0]:
+                ensure_tables(shard)
+    except duckdb.Error:
+        return  # open elsewhere or damaged: _attach says so
+
+
 def salvage(conn: duckdb.DuckDBPyConnection, folder: Path, asset: str, month: str) -> int:
     """Keep the calls of shard files an earlier, unfinished run left behind, then delete the files.
     Returns the number of calls kept: they are served from the call cache, never paid again."""
     kept = 0
     for path in leftover_files(folder, asset, month):
+        upgrade(path)
         _attach(conn, path, read_only=True)
         try:
             if _complete(conn):  # an incomplete file was never labeled in: no call to keep

@@ -386,19 +386,26 @@ class DuckDBCallCache:
                     self.stage,
                 ],
             )
-            if items:
-                incoming = pd.DataFrame([{
-                    "item_key": item.item_key, "month": self.month, "item_id": item.item_id, "tier": record.tier,
-                    "provider": record.provider, "model": record.model, "prompt_version": record.version,
-                    "answer": json.dumps(asdict(item.answer)) if item.answer else None,
-                    "failure": item.failure, "call_id": call_id,
-                } for item in items])  # noqa: F841 (read by name in the SQL below)
-                self.conn.execute(f"INSERT INTO item_answers ({ITEM_COLUMNS}) SELECT {ITEM_COLUMNS} FROM incoming")
+            self._put_items(call_id, record, items)
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         return call_id
+
+    def adopt(self, call_id: str, record: CallRecord, items: list[ItemRecord]) -> None:
+        self._put_items(call_id, record, items)
+
+    def _put_items(self, call_id: str, record: CallRecord, items: list[ItemRecord]) -> None:
+        if not items:
+            return
+        incoming = pd.DataFrame([{
+            "item_key": item.item_key, "month": self.month, "item_id": item.item_id, "tier": record.tier,
+            "provider": record.provider, "model": record.model, "prompt_version": record.version,
+            "answer": json.dumps(asdict(item.answer)) if item.answer else None,
+            "failure": item.failure, "call_id": call_id,
+        } for item in items])  # noqa: F841 (read by name in the SQL below)
+        self.conn.execute(f"INSERT INTO item_answers ({ITEM_COLUMNS}) SELECT {ITEM_COLUMNS} FROM incoming")
 
     def month_spend(self) -> float:
         (usd,) = self.conn.execute(
