@@ -175,9 +175,12 @@ def test_every_billed_attempt_stays_in_model_calls(tmp_path: Path) -> None:
     with FakeLLMServer() as server:
         server.enqueue("/v1/chat/completions", content="not json")
         server.enqueue("/v1/chat/completions", content="still not json")
-        assert label(server, tmp_path / "w2.duckdb", items()[:3], max_concurrency=1).calls_made == 2
+        paid = label(server, tmp_path / "w2.duckdb", items()[:3], max_concurrency=1)
+        assert paid.calls_made == 2 and "after one repair attempt" in paid.failures["t00"]
         rerun = label(server, tmp_path / "w2.duckdb", items()[:3], max_concurrency=1)
         assert rerun.calls_made == 0 and rerun.reused_items == 3 and rerun.answers == {}
+        # the same reasons as the run that paid: the next tier's prompt shows them, so it is not paid again
+        assert rerun.failures == paid.failures
 
 
 def test_an_oversized_item_fails_alone(tmp_path: Path) -> None:

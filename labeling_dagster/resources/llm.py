@@ -252,8 +252,9 @@ class LLMProvider(dg.ConfigurableResource):
                 self._count(task.tier, repairs=1)
                 fix = repair_task(task, outcome.failures)
                 fixed = self._ask(fix)
-                on_call(fix, fixed, attempt="repair", final=True)
-                outcome = merge_repair(outcome, fixed)
+                merged = merge_repair(outcome, fixed)
+                on_call(fix, _with_reasons_of(fixed, merged), attempt="repair", final=True)
+                outcome = merged
         outcome.latency_s = time.monotonic() - started
         return outcome
 
@@ -321,8 +322,9 @@ class LLMProvider(dg.ConfigurableResource):
             fixes = [repair_task(tasks[i], outcomes[i].failures) for i in to_repair]
             repaired = [replace(outcome, batch=True) for outcome in self._batch_round(fixes)]
             for i, fix, repair in zip(to_repair, fixes, repaired):
-                on_call(fix, repair, attempt="repair", final=True)
-                outcomes[i] = merge_repair(outcomes[i], repair)
+                merged = merge_repair(outcomes[i], repair)
+                on_call(fix, _with_reasons_of(repair, merged), attempt="repair", final=True)
+                outcomes[i] = merged
         latency = time.monotonic() - started
         return [replace(outcome, batch=True, latency_s=latency) for outcome in outcomes]
 
@@ -414,6 +416,13 @@ class LLMProvider(dg.ConfigurableResource):
             return
         journal.parent.mkdir(parents=True, exist_ok=True)
         journal.write_text(json.dumps({"batch_ids": batch_ids}))
+
+
+def _with_reasons_of(repair: CallOutcome, merged: CallOutcome) -> CallOutcome:
+    """The repair attempt as stored: its own usage, and the failure reasons the call and its repair give
+    together (what the label rows and the next tier's prompt show), so a rerun that reuses the stored
+    failure shows the next tier the very same text."""
+    return replace(repair, failures={item_id: merged.failures.get(item_id, reason) for item_id, reason in repair.failures.items()})
 
 
 def _error_message(exc: Any) -> str:
