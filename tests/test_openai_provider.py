@@ -177,17 +177,21 @@ def test_runs_as_a_dagster_resource_with_the_key_from_the_environment(server, mo
 def test_bad_key_stops_the_run_and_bad_request_fails_the_call(server):
     server.enqueue("/v1/chat/completions", status=401, body={"error": {"message": "Incorrect API key"}})
     with pytest.raises(ProviderConfigError, match="HTTP 401: Incorrect API key.*OPENAI_API_KEY"):
-        OpenAIProvider(api_key="sk-wrong").label_batch(task(tier(server)))
+        OpenAIProvider(api_key="sk-wrong", base_url=server.openai_base_url).label_batch(task(tier(server)))
+    # a tier with an endpoint of its own was sent no key at all: the message says how to give one
+    server.enqueue("/v1/chat/completions", status=401, body={"error": {"message": "Missing API key"}})
+    with pytest.raises(ProviderConfigError, match="HTTP 401: Missing API key.*options.api_key_env"):
+        OpenAIProvider(api_key="sk-openai").label_batch(task(tier(server)))
     server.enqueue("/v1/chat/completions", status=400, body={"error": {"message": "context too long"}})
     outcome = OpenAIProvider().label_batch(task(tier(server), TEXTS[:1]))
     assert outcome.status == "rejected" and "context too long" in outcome.failures["t0"]
-    assert len(server.calls("/v1/chat/completions")) == 2  # no retry of a 400
+    assert len(server.calls("/v1/chat/completions")) == 3  # no retry of a 400
     # a refused request of several items is split (tests/test_integrity.py); refused again whole, all fail
     for _ in range(3):
         server.enqueue("/v1/chat/completions", status=400, body={"error": {"message": "invalid schema"}})
     outcome = OpenAIProvider().label_batch(task(tier(server)))
     assert outcome.status == "rejected" and all("invalid schema" in why for why in outcome.failures.values())
-    assert len(server.calls("/v1/chat/completions")) == 5  # the request, then its two halves, both refused
+    assert len(server.calls("/v1/chat/completions")) == 6  # the request, then its two halves, both refused
 
 
 def test_unknown_option_is_refused(server):

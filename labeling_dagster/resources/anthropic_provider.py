@@ -39,7 +39,6 @@ class AnthropicProvider(LLMProvider):
     with its own `options.base_url` never gets that key: it sends its `options.api_key_env` key, or none."""
 
     api_key: str | None = None
-    base_url: str | None = None
 
     provider_name: ClassVar[str] = "anthropic"
     key_env: ClassVar[str] = "ANTHROPIC_API_KEY"

@@ -92,6 +92,7 @@ class LLMProvider(dg.ConfigurableResource):
     """Shared machinery of the LLM providers; see OpenAIProvider and AnthropicProvider."""
 
     batch_journal_dir: str | None = None
+    base_url: str | None = None  # the resource's own endpoint (None: the provider's); a tier may name another
 
     provider_name: ClassVar[str]
     key_env: ClassVar[str]  # where the resource's key comes from, for messages
@@ -182,6 +183,12 @@ class LLMProvider(dg.ConfigurableResource):
         items only."""
         message = f"{where} answered HTTP {exc.status_code}: {_error_message(exc)}"
         if exc.status_code in (401, 403):
+            if self.option(tier, "api_key_env") is None and self.option(tier, "base_url") not in (None, self.base_url):
+                # the resource's key never goes to a tier's own endpoint (see _key): none was sent
+                return ProviderConfigError(
+                    f"tiers.{tier.name}: {message}; no key is sent to options.base_url unless options.api_key_env "
+                    "names the environment variable that holds it"
+                )
             key = self.option(tier, "api_key_env", self.key_env)
             return ProviderConfigError(f"tiers.{tier.name}: {message}; check the key in {key}")
         if exc.status_code == 404:

@@ -46,7 +46,6 @@ class OpenAIProvider(LLMProvider):
     """
 
     api_key: str | None = None
-    base_url: str | None = None
 
     provider_name: ClassVar[str] = "openai"
     key_env: ClassVar[str] = "OPENAI_API_KEY"
