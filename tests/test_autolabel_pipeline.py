@@ -40,6 +40,11 @@ def test_auto_labels_take_what_they_are_sure_of(tiny_project: Path, tmp_path: Pa
     assert table(warehouse, "SELECT COUNT(*) FROM first_pass_labels") == [(steps.get("first_pass", 0),)]
     assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE decided_by = 'auto_label'") == [(steps["accept"],)]
     assert table(warehouse, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM final_labels") == [(13, 13)]
+    # the vip ticket (always_human_when: tier = vip) goes to people whatever the auto-labeler says
+    vip = "2026-08-billing-3"
+    assert table(warehouse, f"SELECT next_step, route_reason FROM auto_labels WHERE item_id = '{vip}'") == [
+        ("first_pass", "always to people: tier = vip")]
+    assert table(warehouse, f"SELECT status FROM final_labels WHERE item_id = '{vip}'") == [("pending_human",)]
 
 
 def test_too_few_human_labels_accepts_nothing_and_says_why(tiny_project: Path, tmp_path: Path) -> None:

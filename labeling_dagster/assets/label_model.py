@@ -18,7 +18,7 @@ import dagster as dg
 import pandas as pd
 
 from labeling_dagster.assets.common import WRITER_TAG, items_from, markdown_table, monthly_asset_args, months_in
-from labeling_dagster.core import autolabel
+from labeling_dagster.core import autolabel, routing
 from labeling_dagster.core.autolabel import AutoLabeler, accept, build_auto_labeler
 from labeling_dagster.project import Project
 from labeling_dagster.resources.project import ProjectResource
@@ -190,6 +190,12 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                     items = items_from(page)
                     result = accept(labeler.model, labeler.choice.threshold, items)
                     taken = {answer.item_id: answer for answer in result.accepted}
+                    # an always_human_when rule sends the item to people whatever a model says: the first
+                    # pass gives it a candidate label and routes it there
+                    forced = {item.item_id: why for item in items
+                              if (why := routing.forced_human(spec.routing, item.text, item.metadata))}
+                    for item_id in forced:
+                        taken.pop(item_id, None)
                     for item in items:
                         answer = taken.get(item.item_id)
                         rows.append({
@@ -202,7 +208,7 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                             "alternatives": json.dumps(answer.alternatives) if answer else None,
                             "reused": False,
                             "next_step": "accept" if answer else "first_pass",
-                            "route_reason": "auto-labeled" if answer else (
+                            "route_reason": "auto-labeled" if answer else forced.get(item.item_id) or (
                                 f"below the auto-label threshold {labeler.choice.threshold:.3f}"
                                 if labeler.choice.threshold is not None else f"auto-labeler off: {labeler.choice.reason}"),
                         })
