@@ -410,6 +410,7 @@ class FakeLLMServer:
         anthropic = path == "/v1/messages"
         system, user, labels = _request_parts(path, body)
         key = hashlib.sha256("\n".join([path, body.get("model", ""), system, user]).encode()).hexdigest()
+        arrived_held = not self._open.is_set()  # sent while held: its client may be gone by the release
         with self._lock:
             seen = self._seen_requests.get(key, 0)
             self._seen_requests[key] = seen + 1
@@ -417,7 +418,7 @@ class FakeLLMServer:
         digest = hashlib.sha256(f"{self.faults.seed}\n{key}\n{seen}".encode()).digest()
         if self.faults.latency_s:
             time.sleep(self.faults.latency_s * digest[9] / 255)
-        if not self._open.is_set():  # held (see `hold`): never answered, never billed
+        if arrived_held or not self._open.is_set():  # held (see `hold`): never answered, never billed
             self._open.wait()
             return 503, {"error": {"type": "overloaded_error", "message": "held (simulated)"}}, {}
         fault = self.faults.draw(int.from_bytes(digest[:8], "big") / 2**64) if scripted is None else None
@@ -446,6 +447,9 @@ class FakeLLMServer:
                 content = {"items": [a for i, a in enumerate(answers) if i != pick]}
             scripted = Scripted(path=path, content=content)
         status, payload, headers = (self._messages if anthropic else self._chat)(body, scripted)
+        if not self._open.is_set():  # held while its answer was made: held like the others, never billed
+            self._open.wait()
+            return 503, {"error": {"type": "overloaded_error", "message": "held (simulated)"}}, {}
         if status == 200:
             self._bill(path, body, system, user, labels, payload, fault)
         return status, payload, headers
