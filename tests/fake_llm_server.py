@@ -382,17 +382,10 @@ class FakeLLMServer:
 
     def _answers(self, user: str, labels: list[str]) -> list[dict[str, Any]]:
         answers = []
-        for line in user.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "id" in row and "text" in row:
-                label = self.answer(row["text"], labels)
-                confidence = self.confidence if self.confidence_of is None else self.confidence_of(row, user)
-                answers.append(
-                    {"id": row["id"], "label": label, "confidence": confidence, "reason": SIMULATED_REASON}
-                )
+        for row in _item_rows(user):
+            label = self.answer(row["text"], labels)
+            confidence = self.confidence if self.confidence_of is None else self.confidence_of(row, user)
+            answers.append({"id": row["id"], "label": label, "confidence": confidence, "reason": SIMULATED_REASON})
         return answers
 
     # --- fault-injection mode ----------------------------------------------------------------
