@@ -16,6 +16,7 @@ from labeling_dagster.resources.warehouse import (
     clear_window,
     iter_window,
     naive_utc,
+    transaction,
 )
 
 CALL_SHARES = """
@@ -128,13 +129,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         with warehouse.session() as conn:
             # A page of raw items at a time, so memory follows the page, not the month; in one
             # transaction, so readers never see a month half written.
-            conn.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(conn):
                 score, summary = _write_final_labels(conn, context.partition_time_window, per_review, answers, spec)
-                conn.execute("COMMIT")
-            except Exception:
-                conn.execute("ROLLBACK")
-                raise
         statuses, by_tier, cost_usd, rejected, check_results = summary
         return dg.MaterializeResult(
             metadata={

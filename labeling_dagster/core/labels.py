@@ -45,6 +45,11 @@ class Answer:
     alternatives: list[tuple[str, float]] = field(default_factory=list)
 
 
+def answer_from_dict(raw: dict[str, Any]) -> Answer:
+    """An Answer from its stored form (dataclasses.asdict, JSON-decoded: alternatives are lists)."""
+    return Answer(**{**raw, "alternatives": [tuple(alt) for alt in raw["alternatives"]]})
+
+
 @dataclass(frozen=True)
 class Usage:
     input_tokens: int = 0
@@ -96,10 +101,7 @@ class CallOutcome:
     def from_json(cls, text: str) -> CallOutcome:
         raw = json.loads(text)
         return cls(
-            answers=[
-                Answer(**{**answer, "alternatives": [tuple(alt) for alt in answer["alternatives"]]})
-                for answer in raw["answers"]
-            ],
+            answers=[answer_from_dict(answer) for answer in raw["answers"]],
             failures=raw["failures"],
             # fields a newer version added are left out, so an older one can still read its rows
             usage=Usage(**{key: value for key, value in raw["usage"].items() if key in _USAGE_FIELDS}),

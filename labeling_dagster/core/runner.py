@@ -40,7 +40,7 @@ class BudgetExceeded(RuntimeError):
 class CallRecord:
     """One request the provider answered or refused, as stored: every billed attempt is one record."""
 
-    call_id: str  # the request's key (core.labels.call_key), or, for a later attempt with the same key, one of its own
+    call_id: str  # the request's key (core.labels.call_key); stored as request_key, and as call_id unless taken
     tier: str
     provider: str
     model: str
@@ -49,7 +49,6 @@ class CallRecord:
     outcome: CallOutcome
     usd: float
     first_item: str | None = None  # the request's first item id: a shard finds the calls of its item range by it
-    request_key: str | None = None  # the key of what was asked; equal for every attempt at the same request
     attempt: str = "call"  # call, repair (the items whose answer was unusable, asked again) or split (after a 400)
 
 
@@ -134,7 +133,7 @@ class _Recorder:
                 cache_write_1h_tokens=usage.cache_write_1h_tokens,
                 batch=outcome.batch,
             )
-        version = self.provider.version(task)
+        version = self.result.version  # the prompt version does not depend on the items
         key = call_key(self.provider.provider_name, self.tier.model, version, task)
         if attempt != "call":
             key = hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:40]
@@ -146,7 +145,7 @@ class _Recorder:
             # are these inputs' result. A call that got no reply (retries ran out, a timeout, a 400) is not.
             items += [ItemRecord(self.keys[item_id], item_id, None, reason, "") for item_id, reason in outcome.failures.items()]
         record = CallRecord(key, self.tier.name, self.provider.provider_name, self.tier.model, version, len(task.items),
-                            outcome, usd, first_item=task.items[0].item_id, request_key=key, attempt=attempt)
+                            outcome, usd, first_item=task.items[0].item_id, attempt=attempt)
         with self.lock:
             call_id = self.cache.put(record, items)
             self.spent += usd

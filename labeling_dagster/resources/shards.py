@@ -25,6 +25,7 @@ from labeling_dagster.resources.warehouse import (
     ITEM_COLUMNS,
     ensure_tables,
     naive_utc,
+    transaction,
 )
 
 
@@ -139,17 +140,6 @@ def _merge_attached_calls(conn: duckdb.DuckDBPyConnection) -> int:
     return int(count)
 
 
-def _in_transaction(conn: duckdb.DuckDBPyConnection, work):
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        result = work()
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
-    return result
-
-
 def upgrade(path: Path) -> None:
     """Give a shard file an earlier version wrote the tables and columns added since (its calls stay)."""
     try:
@@ -169,7 +159,8 @@ def salvage(conn: duckdb.DuckDBPyConnection, folder: Path, asset: str, month: st
         _attach(conn, path, read_only=True)
         try:
             if _complete(conn):  # an incomplete file was never labeled in: no call to keep
-                kept += _in_transaction(conn, lambda: _merge_attached_calls(conn))
+                with transaction(conn):
+                    kept += _merge_attached_calls(conn)
         finally:
             conn.execute("DETACH shard")
         remove(path)
@@ -260,7 +251,8 @@ def collect(conn: duckdb.DuckDBPyConnection, spec: ShardSpec) -> int:
 
     _attach(conn, path, read_only=True)
     try:
-        rows = _in_transaction(conn, merge)
+        with transaction(conn):
+            rows = merge()
     finally:
         conn.execute("DETACH shard")
     remove(path)

@@ -25,7 +25,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from labeling_dagster.core.labels import Answer, CallOutcome
+from labeling_dagster.core.labels import CallOutcome, answer_from_dict
 from labeling_dagster.core.runner import CallRecord, ItemRecord
 
 LABEL_COLUMNS = """
@@ -274,20 +274,27 @@ def read_columns(conn: duckdb.DuckDBPyConnection, table: str, window: dg.TimeWin
     ).df()
 
 
-def replace_window(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, window: dg.TimeWindow) -> int:
-    """Replace the window's rows of `table` with `frame` (whose columns are a subset of the table's)."""
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Everything in the block commits together, or (on any exception, a kill included) not at all."""
     conn.execute("BEGIN TRANSACTION")
     try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def replace_window(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, window: dg.TimeWindow) -> int:
+    """Replace the window's rows of `table` with `frame` (whose columns are a subset of the table's)."""
+    with transaction(conn):
         conn.execute(
             f"DELETE FROM {table} WHERE month >= ? AND month < ?", [naive_utc(window.start), naive_utc(window.end)]
         )
         if len(frame):
             incoming = frame  # noqa: F841 (DuckDB reads the local DataFrame by its name)
             conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
     return len(frame)
 
 
@@ -352,7 +359,7 @@ class DuckDBCallCache:
                WHERE item_key IN (SELECT item_key FROM wanted)
                QUALIFY row_number() OVER (PARTITION BY item_key ORDER BY answer IS NULL, call_id) = 1"""
         ).fetchall()
-        return {key: ItemRecord(key, item_id, _answer_from_json(answer) if answer else None, failure, call_id)
+        return {key: ItemRecord(key, item_id, answer_from_dict(json.loads(answer)) if answer else None, failure, call_id)
                 for key, item_id, answer, failure, call_id in rows}
 
     def get(self, call_id: str) -> CallRecord | None:
@@ -373,8 +380,7 @@ class DuckDBCallCache:
         if self.conn.execute("SELECT 1 FROM model_calls WHERE call_id = ?", [call_id]).fetchone():
             call_id = f"{record.call_id}-{uuid.uuid4().hex[:8]}"
         outcome, usage = record.outcome, record.outcome.usage
-        self.conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(self.conn):
             self.conn.execute(
                 f"INSERT INTO model_calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * len(CALL_COLUMNS.split(',')))})",
                 [
@@ -382,15 +388,11 @@ class DuckDBCallCache:
                     record.item_count, usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
                     usage.output_tokens, record.usd, outcome.latency_s, outcome.compute_s, outcome.batch,
                     outcome.status, outcome.error, self.run_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                    outcome.to_json(), record.first_item, record.request_key or record.call_id, record.attempt,
+                    outcome.to_json(), record.first_item, record.call_id, record.attempt,
                     self.stage,
                 ],
             )
             self._put_items(call_id, record, items)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return call_id
 
     def adopt(self, call_id: str, record: CallRecord, items: list[ItemRecord]) -> None:
@@ -413,7 +415,3 @@ class DuckDBCallCache:
         ).fetchone()
         return float(usd)
 
-
-def _answer_from_json(text: str) -> Answer:
-    raw = json.loads(text)
-    return Answer(**{**raw, "alternatives": [tuple(alt) for alt in raw["alternatives"]]})
