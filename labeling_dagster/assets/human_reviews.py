@@ -46,7 +46,7 @@ def _bounds(window: dg.TimeWindow) -> dict:
 def month_item_ids(conn, window: dg.TimeWindow) -> set[str]:
     """The ids of the month's items: a review of any of them is kept, queued by the latest run or not."""
     ids = conn.execute("SELECT item_id FROM raw_items WHERE month >= $start AND month < $end", _bounds(window)).fetchnumpy()
-    return set(ids["item_id"].tolist()) if len(ids["item_id"]) else set()
+    return set(ids["item_id"].tolist())
 
 
 def annotators_needed(conn, window: dg.TimeWindow, item_ids, review) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from labeling_dagster.assets.common import LABEL_TABLES, monthly_asset_args, months_in
 from labeling_dagster.assets.human_reviews import read_month_reviews, still_needed
-from labeling_dagster.assets.label_model import month_auto_labeler
+from labeling_dagster.assets.label_model import stored_auto_labeler
 from labeling_dagster.core.autolabel import plan_reviews
 from labeling_dagster.core.labels import Item
 from labeling_dagster.core.review_formats import ExportWriter, QueueRow
@@ -110,8 +110,12 @@ def _review_plan(conn, spec, window: dg.TimeWindow, queued: pd.DataFrame,
     budget = spec.human_review.monthly_review_budget
     if budget is None or len(queued) <= budget:
         return None
-    # The month's own auto-labeler (trained on what was known before the month), as auto_labels uses.
-    labeler = month_auto_labeler(conn, spec, window.start)[0] if spec.auto_label.enabled else None
+    # The month's own auto-labeler: the version auto_labels used (trained on what was known before the month).
+    labeler = None
+    if spec.auto_label.enabled:
+        (version,) = conn.execute("SELECT any_value(prompt_version) FROM auto_labels WHERE month >= ? AND month < ?",
+                                  [naive_utc(window.start), naive_utc(window.end)]).fetchone()
+        labeler = stored_auto_labeler(conn, spec, version) if version else None
     queued_ids = set(queued.index)
     answered = [item_id for item_id in answered if item_id in queued_ids]
     spent = set(answered)
