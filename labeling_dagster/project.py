@@ -35,6 +35,22 @@ class LabelDef(_Strict):
 
 class Taxonomy(_Strict):
     labels: list[LabelDef] = Field(min_length=2)
+    none_label: str | None = Field(
+        default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="a 'none of these' outcome (e.g. none_of_these) models and people may answer for an item "
+        "outside the taxonomy; never auto-accepted, always sent to people to confirm",
+    )
+
+    @model_validator(mode="after")
+    def _none_label_is_not_a_label(self) -> Taxonomy:
+        if self.none_label is not None and self.none_label in self.names:
+            raise ValueError(f"taxonomy.none_label {self.none_label!r} is also one of the labels; give it its own name")
+        return self
+
+    @property
+    def answers(self) -> list[str]:
+        """What a model or a person may answer: the labels, and the none-of-these outcome if declared."""
+        return [*self.names, *([self.none_label] if self.none_label else [])]
 
     @field_validator("labels")
     @classmethod
@@ -115,6 +131,23 @@ class PromptOptions(_Strict):
     with_reason: bool = True
 
 
+class Confidence(_Strict):
+    """The number a tier's accept threshold is certified on.
+
+    default: the local model's probability; OpenAI: the label's token probability when
+    options.logprobs is on, else the number the model writes; Anthropic: the number it writes.
+    logprobs: token probabilities required; an answer that comes back without them is a failure
+    (the item goes up and the tier's check fails), never a silent fallback to the written number.
+    self_consistency: `samples` answers per item (sampled at the tier's temperature); the share that
+    agree with the most common label. Costs `samples` times the calls.
+    agreement: QA and adjudication only; the share of the earlier tiers' answers that agree with this
+    tier's label (1.0 or 0.0 with one earlier tier).
+    stated: the number the model writes, whatever else the provider offers (the weakest signal)."""
+
+    signal: Literal["default", "logprobs", "self_consistency", "agreement", "stated"] = "default"
+    samples: int = Field(default=5, ge=2, le=20, description="answers per item for self_consistency")
+
+
 class TierConfig(_Strict):
     """One tier: who answers, with which model and prompt, how many items per call."""
 
@@ -125,6 +158,13 @@ class TierConfig(_Strict):
     items_per_request: int = Field(default=10, ge=1, le=200)
     prompt: PromptOptions = PromptOptions()
     options: dict[str, Any] = Field(default_factory=dict, description="provider-specific settings")
+    confidence: Confidence = Confidence()
+
+    @model_validator(mode="after")
+    def _signal_fits_role(self) -> TierConfig:
+        if self.confidence.signal == "agreement" and self.role == "first_pass":
+            raise ValueError(f"tier {self.name}: confidence.signal agreement needs earlier tiers; a first pass has none")
+        return self
 
 
 class MetadataRule(_Strict):
@@ -229,7 +269,29 @@ class Quality(_Strict):
     golden_sample_size: int = Field(default=500, ge=0, description="golden items each tier labels; 0 turns it off")
     max_usd: float = Field(default=1.0, ge=0, description="spend cap of the golden run per month")
     calibration: Literal["isotonic", "platt", "none"] = "isotonic"
-    target_accuracy: float = Field(default=0.95, gt=0, le=1, description="what the band recommender aims at")
+    target_accuracy: float = Field(
+        default=0.95, gt=0, le=1,
+        description="accuracy every stage's accepted labels must reach (certified per stage and month)",
+    )
+    delta: float = Field(
+        default=0.05, gt=0, lt=0.5,
+        description="risk of a certificate being wrong: P(accepted accuracy >= target_accuracy) >= 1 - delta",
+    )
+    min_certify_items: int = Field(
+        default=30, ge=1, description="fewest calibration items a threshold must accept to be tested"
+    )
+    audit_share: float = Field(
+        default=0.02, ge=0, le=1,
+        description="share of each stage's accepted items sent to people each month (by item id) to check the certificate",
+    )
+    recheck_audit_share: float = Field(
+        default=0.10, ge=0, le=1,
+        description="audit share of a stage whose month drifted from its calibration data (the recheck)",
+    )
+    shift_alpha: float = Field(
+        default=0.01, gt=0, lt=1,
+        description="level of the drift tests (confidence distribution, predicted-label mix) against calibration data",
+    )
 
 
 class Scale(_Strict):

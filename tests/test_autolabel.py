@@ -72,18 +72,30 @@ def test_threshold_is_the_lowest_confidence_of_a_clean_top_group():
     assert "500 of 1000" in choice.reason
 
 
-def test_threshold_stops_where_the_lower_bound_falls_below_target():
-    # Top 500 right, then only wrong answers as confidence falls: each step down adds one error.
+def test_threshold_stops_at_the_first_grid_threshold_that_fails():
+    # Top 500 right, then only wrong answers as confidence falls: each grid step down (0.01, about 10
+    # items) adds errors. Fixed-sequence testing keeps the last grid threshold before the first failure.
     confidences = np.linspace(1.0, 0.0, 1000)
     correct = np.arange(1000) < 500
     choice = choose_threshold(confidences, correct, target_accuracy=0.95)
     accepted = choice.accepted
     assert accepted > 500
     assert accuracy_lower_bound(500, accepted, 0.95) >= 0.95
-    assert accuracy_lower_bound(500, accepted + 1, 0.95) < 0.95
+    one_step_looser = int((confidences >= round(choice.threshold - 0.01, 2) - 1e-12).sum())
+    assert accuracy_lower_bound(500, one_step_looser, 0.95) < 0.95
     assert choice.threshold == pytest.approx(confidences[accepted - 1])
     # The bound is stricter than the point estimate: 500/526 is still 95.06% but not proven.
     assert accepted < 526
+
+
+def test_a_failure_stops_the_sequence_even_when_looser_thresholds_would_pass():
+    # A bad pocket just below the clean top: the scan that kept the lowest passing threshold accepted
+    # everything; the fixed sequence stops at the pocket.
+    confidences = np.concatenate([np.full(200, 0.95), np.full(60, 0.85), np.full(3000, 0.6)])
+    correct = np.concatenate([np.ones(200, bool), np.zeros(60, bool), np.ones(3000, bool)])
+    choice = choose_threshold(confidences, correct, target_accuracy=0.95)
+    assert choice.threshold == pytest.approx(0.95)
+    assert choice.accepted == 200
 
 
 def test_lower_bound_with_no_errors_has_a_closed_form():
@@ -98,13 +110,13 @@ def test_below_minimum_training_size_nothing_is_accepted():
     assert "999" in choice.reason and "1000" in choice.reason
 
 
-def test_no_threshold_meeting_the_target_accepts_nothing_with_the_best_it_saw():
+def test_no_threshold_meeting_the_target_accepts_nothing_and_says_where_it_stopped():
     rng = np.random.default_rng(0)
     confidences = rng.random(2000)
     correct = rng.random(2000) < 0.9  # 90% right whatever the confidence: 97% is never reached
     choice = choose_threshold(confidences, correct, 0.97)
     assert choice.threshold is None
-    assert "no threshold reaches accuracy 97.0%" in choice.reason
+    assert "strictest testable threshold" in choice.reason and "< target 97.0%" in choice.reason
     assert choice.lower_bound is not None and choice.lower_bound < 0.97
 
 
