@@ -4,7 +4,8 @@ It speaks the wire formats the official SDKs use (chat completions, files + batc
 message batches), records every request for assertions, and answers like a well-behaved model
 would unless a test queues a scripted reply (an error status, a malformed answer, a delay). Nothing
 here is a real model: labels come from `answer` (by default the label whose words appear in the
-text), token counts from a crude word/punctuation count, rate limits from its own token buckets.
+text), token counts from a crude word/punctuation count, rate limits from its own token buckets, and,
+with `difficulty`, sampling from a hash (see FakeLLMServer._sampled).
 """
 
 from __future__ import annotations
@@ -154,9 +155,19 @@ class FakeLLMServer:
         faults: Faults | None = None,
         confidence_of: Callable[[dict[str, Any], str], float] | None = None,
         price_usd: Callable[[str, dict[str, int]], float] | None = None,
+        difficulty: Callable[[str], float] | None = None,
+        logprobs: bool = True,
     ) -> None:
         self.answer = answer
         self.confidence = confidence
+        # SIMULATED sampling (self-consistency tests): `difficulty(text)` is the share of an item's
+        # samples that stray from `answer` at temperature 1 (0: an easy item every sample agrees on).
+        # None: every request is answered as before, whatever it sends.
+        self.difficulty = difficulty
+        # False: a SIMULATED server that ignores a request for logprobs (as some OpenAI-compatible
+        # servers do): a 200 whose choice has no logprobs, the silent case a logprobs tier must catch.
+        self.logprobs = logprobs
+        self._draws: dict[str, int] = {}
         self.latency = latency
         self.cache_min_tokens = cache_min_tokens
         self.batch_polls_before_done = batch_polls_before_done
@@ -338,7 +349,7 @@ class FakeLLMServer:
         prompt_tokens = count_tokens(system) + count_tokens(user) + count_tokens(json.dumps(schema))
         if self.refuse is not None and self.refuse(user):
             return 401, {"error": {"message": "simulated refusal", "type": "invalid_request_error"}}, {}
-        content, logprobs = self._content(user, labels, scripted)
+        content, logprobs = self._content(user, labels, scripted, body)
         completion_tokens = count_tokens(content)
         limited = self._limited(prompt_tokens + (body.get("max_completion_tokens") or completion_tokens))
         if limited:
@@ -357,7 +368,7 @@ class FakeLLMServer:
             "index": 0,
             "finish_reason": "stop",
             "message": {"role": "assistant", "content": content, "refusal": None},
-            "logprobs": {"content": logprobs, "refusal": None} if body.get("logprobs") else None,
+            "logprobs": {"content": logprobs, "refusal": None} if body.get("logprobs") and self.logprobs else None,
         }
         return 200, {
             "id": f"chatcmpl-{next(self._ids)}",
@@ -373,20 +384,47 @@ class FakeLLMServer:
             },
         }, {}
 
-    def _content(self, user: str, labels: list[str], scripted: Scripted | None) -> tuple[str, list[dict[str, Any]]]:
+    def _content(self, user: str, labels: list[str], scripted: Scripted | None,
+                 body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         if scripted is not None and scripted.content is not None:
             content = scripted.content if isinstance(scripted.content, str) else json.dumps(scripted.content)
             return content, scripted.logprobs or _plain_logprobs(content)
-        content = json.dumps({"items": self._answers(user, labels)})
+        # an OpenAI request samples anew when it sends a seed; without one it is answered as always
+        content = json.dumps({"items": self._answers(user, labels, body.get("seed"), body.get("temperature"))})
         return content, _plain_logprobs(content)
 
-    def _answers(self, user: str, labels: list[str]) -> list[dict[str, Any]]:
+    def _answers(self, user: str, labels: list[str], draw: int | None = None,
+                 temperature: float | None = None) -> list[dict[str, Any]]:
         answers = []
         for row in _item_rows(user):
-            label = self.answer(row["text"], labels)
+            label = self._sampled(row["text"], labels, draw, 1.0 if temperature is None else temperature)
             confidence = self.confidence if self.confidence_of is None else self.confidence_of(row, user)
             answers.append({"id": row["id"], "label": label, "confidence": confidence, "reason": SIMULATED_REASON})
         return answers
+
+    def _sampled(self, text: str, labels: list[str], draw: int | None, temperature: float) -> str:
+        """SIMULATED sampling: `answer`, except in a share difficulty(text) x min(temperature, 1) of the
+        draws, which pick another label. Draw and text are hashed, so the same draw of the same item
+        always gives the same label and a rerun is deterministic; temperature 0 never strays."""
+        label = self.answer(text, labels)
+        if self.difficulty is None or draw is None or len(labels) < 2:
+            return label
+        digest = hashlib.sha256(f"{draw}\n{text}".encode()).digest()
+        if int.from_bytes(digest[:8], "big") / 2**64 >= self.difficulty(text) * min(temperature, 1.0):
+            return label
+        others = [name for name in labels if name != label]
+        return others[digest[8] % len(others)]
+
+    def _draw(self, body: dict[str, Any]) -> int | None:
+        """SIMULATED sampling of a request without a seed (Anthropic has none): the number of identical
+        requests answered before, so each repeat is a new draw and the order of draws is deterministic."""
+        if self.difficulty is None:
+            return None
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            seen = self._draws.get(key, 0)
+            self._draws[key] = seen + 1
+        return seen
 
     # --- fault-injection mode ----------------------------------------------------------------
     def hold(self) -> None:
@@ -586,7 +624,7 @@ class FakeLLMServer:
         if scripted is not None and scripted.content is not None:
             result = scripted.content
         else:
-            result = {"items": self._answers(user, labels)}
+            result = {"items": self._answers(user, labels, self._draw(body), body.get("temperature"))}
         output_text = result if isinstance(result, str) else json.dumps(result)
         limited = self._limited(total_input + body["max_tokens"])
         if limited:

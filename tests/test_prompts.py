@@ -167,3 +167,38 @@ def test_label_distribution_from_token_logprobs():
 def test_label_distribution_needs_tokens_that_spell_the_content():
     content = '{"items":[{"id":"1","label":"card_arrival","confidence":0.9}]}'
     assert label_distributions(content, _tokens([("{", 0.0, [])]), TAXONOMY) == {}
+
+
+NONE_TAXONOMY = Taxonomy(labels=TAXONOMY.labels, none_label="none_of_these")
+
+
+def test_the_none_of_these_answer_is_listed_enumerated_and_parsed():
+    items = [Item("ticket-0", "Do you sell gift vouchers?", content_hash("Do you sell gift vouchers?"))]
+    prompt = build_prompt(LabelTask(taxonomy=NONE_TAXONOMY, tier=tier(), items=items))
+    assert "- exchange_rate: questions about exchange rates\n- none_of_these: none of the labels above fits" in prompt.system
+    assert "Answer none_of_these only when no other label fits." in prompt.system
+    enum = prompt.schema["properties"]["items"]["items"]["properties"]["label"]["enum"]
+    assert enum == ["card_arrival", "card_linking", "exchange_rate", "none_of_these"]
+    answer = {"items": [{"id": "1", "label": "none_of_these", "confidence": 0.8, "reason": "vouchers"}]}
+    assert [a.label for a in parse_answers(answer, prompt, NONE_TAXONOMY).answers] == ["none_of_these"]
+    assert parse_answers(answer, prompt, TAXONOMY).failures == {"ticket-0": "label 'none_of_these' is not in the taxonomy"}
+
+
+def test_only_a_taxonomy_with_a_none_label_changes_its_prompts():
+    # the versions the prompts had before the none label existed: the answers stored under them stay reusable
+    assert prompt_version(TAXONOMY, tier(), {}) == "pbe372081e19f48b"
+    assert prompt_version(TAXONOMY, tier("qa", few_shot_per_label=1), {"temperature": 0}) == "p1c528fed7c05876"
+    assert "none of the labels" not in build_prompt(task(["x"])).system
+    assert prompt_version(TAXONOMY, tier(), {}) != prompt_version(NONE_TAXONOMY, tier(), {})
+
+
+def test_label_distribution_covers_the_none_label():
+    content = '{"items":[{"id":"1","label":"card_arrival","confidence":0.9}]}'
+    pieces = [
+        ('{"items":[{"id":"1","label":"', 0.0, []),
+        ("card_arrival", math.log(0.7), [("card_arrival", math.log(0.7)), ("none", math.log(0.3))]),
+        ('","confidence":0.9}]}', 0.0, []),
+    ]
+    dist = label_distributions(content, _tokens(pieces), NONE_TAXONOMY)["1"]
+    assert math.isclose(dist["none_of_these"], 0.3) and math.isclose(dist["card_arrival"], 0.7)
+    assert "none_of_these" not in label_distributions(content, _tokens(pieces), TAXONOMY)["1"]

@@ -139,7 +139,7 @@ def validate_outcome(outcome: CallOutcome, task: LabelTask) -> CallOutcome:
     """Keep only well-formed answers for items that were asked; every other item of the task ends up
     in `failures` with its reason, so no item is dropped and nothing invalid is accepted."""
     asked = {item.item_id for item in task.items}
-    labels = set(task.taxonomy.names)
+    labels = set(task.taxonomy.answers)  # the labels, and 'none of these' where the taxonomy declares it
     failures = dict(outcome.failures)
     good: dict[str, Answer] = {}
     for answer in outcome.answers:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from labeling_dagster.core.confidence import MISSING_LOGPROBS, version_settings
 from labeling_dagster.core.estimate import BYTES_PER_TOKEN, estimate_tokens
 from labeling_dagster.core.labels import Answer, CallOutcome, LabelTask, PriorAnswer, Usage
 from labeling_dagster.project import Taxonomy, TierConfig
@@ -74,10 +75,11 @@ def answer_schema(taxonomy: Taxonomy, with_reason: bool) -> dict[str, Any]:
     additionalProperties false). The item id is a plain string, not an enum of the batch's ids: an
     enum would make the schema differ per request, which defeats prompt caching of the prefix and
     makes the provider compile a new grammar for every call; ids are checked when parsing instead.
-    No minimum/maximum on confidence either (not every provider accepts them); checked when parsing."""
+    No minimum/maximum on confidence either (not every provider accepts them); checked when parsing.
+    The enum holds the taxonomy's none-of-these answer too, when it declares one."""
     properties: dict[str, Any] = {
         "id": {"type": "string"},
-        "label": {"type": "string", "enum": list(taxonomy.names)},
+        "label": {"type": "string", "enum": list(taxonomy.answers)},
         "confidence": {"type": "number", "description": "probability in [0, 1] that the label is right"},
     }
     if with_reason:
@@ -110,6 +112,9 @@ def static_prefix(taxonomy: Taxonomy, tier: TierConfig) -> str:
     lines += ["", "Labels:"]
     for label in taxonomy.labels:
         lines.append(f"- {label.name}: {label.description}" if label.description else f"- {label.name}")
+    if taxonomy.none_label:
+        lines += [f"- {taxonomy.none_label}: none of the labels above fits the item",
+                  f"Answer {taxonomy.none_label} only when no other label fits."]
     if options.few_shot_per_label:
         examples = [
             (label.name, text) for label in taxonomy.labels for text in label.examples[: options.few_shot_per_label]
@@ -169,19 +174,20 @@ def earlier_answers_shown(tier: TierConfig, prior: list[PriorAnswer]) -> list[di
 
 def prompt_version(taxonomy: Taxonomy, tier: TierConfig, settings: dict[str, Any]) -> str:
     """A hash of what decides the answer besides the items: the static prefix, the schema, the
-    model and the model settings a provider passes (temperature, logprobs, ...). Rate limits and
-    timeouts do not belong in `settings`: they change how fast, not what is answered."""
-    content = json.dumps(
-        {
-            "format": PROMPT_FORMAT,
-            "prefix": static_prefix(taxonomy, tier),
-            "schema": answer_schema(taxonomy, tier.prompt.with_reason),
-            "model": tier.model,
-            "settings": settings,
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-    )
+    model, the model settings a provider passes (temperature, logprobs, ...) and the confidence
+    signal unless it is the default (core.confidence.version_settings). Rate limits and timeouts do
+    not belong in `settings`: they change how fast, not what is answered."""
+    parts: dict[str, Any] = {
+        "format": PROMPT_FORMAT,
+        "prefix": static_prefix(taxonomy, tier),
+        "schema": answer_schema(taxonomy, tier.prompt.with_reason),
+        "model": tier.model,
+        "settings": settings,
+    }
+    signal = version_settings(tier)
+    if signal is not None:
+        parts["confidence"] = signal
+    content = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return "p" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:15]
 
 
@@ -196,12 +202,16 @@ def parse_answers(
     prompt: Prompt,
     taxonomy: Taxonomy,
     distributions: dict[str, dict[str, float]] | None = None,
+    signal: str = "default",
 ) -> ParsedAnswers:
     """Turn the model's JSON into answers; every asked item without a usable answer gets a reason.
 
     `payload` is the JSON text (or an already decoded object, as a tool call gives it).
-    `distributions` (short id -> label -> probability, from token logprobs) replace the verbalized
-    confidence where given and fill `alternatives`."""
+    `distributions` (short id -> label -> probability, from token logprobs) fill `alternatives` and
+    replace the verbalized confidence where given. `signal` is the tier's confidence.signal: with
+    `logprobs` an answer without a distribution for its label fails (never the written number in its
+    place); with `stated` the written number stays the confidence and the distribution only fills
+    `alternatives`."""
     asked = prompt.ids
     if isinstance(payload, str):
         try:
@@ -214,7 +224,7 @@ def parse_answers(
     if not isinstance(entries, list):
         return _all_failed(asked, 'the response has no "items" list')
 
-    labels = set(taxonomy.names)
+    labels = set(taxonomy.answers)
     answers: dict[str, Answer] = {}
     failures: dict[str, str] = {}
     unknown_ids: list[str] = []
@@ -240,8 +250,12 @@ def parse_answers(
         reason = entry.get("reason")
         alternatives: list[tuple[str, float]] = []
         distribution = (distributions or {}).get(short)
+        if signal == "logprobs" and not (distribution and label in distribution):
+            failures[item_id] = MISSING_LOGPROBS
+            continue
         if distribution and label in distribution:
-            confidence = distribution[label]
+            if signal != "stated":
+                confidence = distribution[label]
             alternatives = sorted(
                 ((name, p) for name, p in distribution.items() if name != label), key=lambda pair: -pair[1]
             )[:3]
@@ -277,8 +291,8 @@ class Reply:
     note: str | None = None
 
 
-def outcome_from_reply(prompt: Prompt, taxonomy: Taxonomy, reply: Reply) -> CallOutcome:
-    parsed = parse_answers(reply.payload, prompt, taxonomy, reply.distributions)
+def outcome_from_reply(prompt: Prompt, taxonomy: Taxonomy, reply: Reply, signal: str = "default") -> CallOutcome:
+    parsed = parse_answers(reply.payload, prompt, taxonomy, reply.distributions, signal)
     failures = parsed.failures
     if reply.note:
         failures = {item_id: f"{reply.note}; {reason}" for item_id, reason in failures.items()}
@@ -394,8 +408,9 @@ class TokenLogprob:
 def label_distributions(
     content: str, tokens: list[TokenLogprob], taxonomy: Taxonomy
 ) -> dict[str, dict[str, float]]:
-    """Per short id, a probability for each taxonomy label the model considered, from the token
-    log-probabilities of the label value in the JSON answer, renormalised over the taxonomy.
+    """Per short id, a probability for each taxonomy answer (the labels and the none-of-these answer)
+    the model considered, from the token log-probabilities of the label value in the JSON answer,
+    renormalised over the taxonomy.
 
     The chosen label gets the probability of its whole token path. An alternative token at some
     position of that path gives its branch probability to the labels that start with the text so
@@ -416,7 +431,7 @@ def label_distributions(
     for token in tokens:
         offsets.append(position)
         position += len(token.token)
-    names = list(taxonomy.names)
+    names = list(taxonomy.answers)
     result: dict[str, dict[str, float]] = {}
     for entry, start in zip(entries, starts):
         if not isinstance(entry, dict) or entry.get("label") not in names:

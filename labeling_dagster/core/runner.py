@@ -6,6 +6,11 @@ version, item id and text, the earlier answers its prompt shows) already have a 
 never sent again, whatever other items reach the tier this time; only the others are cut into
 requests. Every request the provider answers (the call, its repair, the parts of a split request)
 is stored the moment it returns, so a crash, a rerun, a backfill or a resume pays nothing twice.
+
+A self-consistency tier asks each item `confidence.samples` times. Sample s is a copy of the tier
+whose prompt version carries s (core.confidence.sample_tier), so its item and call keys are its own:
+each sample is stored, reused and paid like the requests of any tier, and a rerun asks only the
+samples it has no answer for.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from labeling_dagster.core.confidence import sample_tier, self_consistency
 from labeling_dagster.core.labels import (
     Answer,
     CallOutcome,
@@ -101,7 +107,11 @@ class TierResult:
     version: str = ""
     calls_made: int = 0
     usd_paid: float = 0.0
-    budget_stopped: int = 0
+    stopped: set[str] = field(default_factory=set)  # items the budget stopped before they were asked
+
+    @property
+    def budget_stopped(self) -> int:
+        return len(self.stopped)
 
 
 def _chunks(items: list[Item], size: int) -> Iterable[list[Item]]:
@@ -171,8 +181,67 @@ def run_tier(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TierResult:
     """Label `items` with one tier. `price` is None for a free (local) provider; `spent_before` is
-    what the month has already spent, so the budget guard sees the whole month."""
-    prior = prior or {}
+    what the month has already spent, so the budget guard sees the whole month. A self-consistency
+    tier's answers are its samples' aggregates: their confidence is the share of the samples that
+    agree (core.confidence.self_consistency)."""
+    run = _run_samples if tier.confidence.signal == "self_consistency" else _run_once
+    return run(provider, tier=tier, taxonomy=taxonomy, items=items, cache=cache, price=price, budget=budget,
+               spent_before=spent_before, prior=prior or {}, on_progress=on_progress)
+
+
+def _run_samples(provider: Provider, *, tier: TierConfig, taxonomy: Taxonomy, items: list[Item],
+                 spent_before: float, **args) -> TierResult:
+    """Each sample labels the items as a tier of its own, then each item's samples are aggregated. The
+    result carries the tier's own prompt version, the one its label rows and calibrators are kept
+    under. An item the budget kept from one of its samples fails with the budget's reason, not a
+    share of fewer samples; its stored samples are reused once the budget allows the rest."""
+    result = TierResult()
+    if not items:
+        return result
+    result.version = provider.version(LabelTask(taxonomy, tier, sorted(items, key=lambda item: item.item_id)[:1]))
+    runs = []
+    for sample in range(tier.confidence.samples):
+        run = _run_once(provider, tier=sample_tier(tier, sample), taxonomy=taxonomy, items=items,
+                        spent_before=spent_before + result.usd_paid, **args)
+        result.calls_made += run.calls_made
+        result.usd_paid += run.usd_paid
+        result.reused_calls |= run.reused_calls
+        runs.append(run)
+    for item in items:
+        item_id = item.item_id
+        stopped = next((run for run in runs if item_id in run.stopped), None)
+        if stopped is not None:
+            result.failures[item_id] = stopped.failures[item_id]
+            result.stopped.add(item_id)
+            continue
+        answer = self_consistency([run.answers.get(item_id) for run in runs])
+        if answer is None:
+            source = runs[0]
+            result.failures[item_id] = f"{source.failures.get(item_id, 'no answer')} (no sample of {len(runs)} answered)"
+        else:
+            result.answers[item_id] = answer
+            # the call of the sample whose reason the answer gives
+            source = next(run for run in runs if item_id in run.answers and run.answers[item_id].label == answer.label)
+        if item_id in source.call_of:
+            result.call_of[item_id] = source.call_of[item_id]
+        result.reused_items += all(run.call_of.get(item_id) in run.reused_calls for run in runs)
+    return result
+
+
+def _run_once(
+    provider: Provider,
+    *,
+    tier: TierConfig,
+    taxonomy: Taxonomy,
+    items: list[Item],
+    cache: CallCache,
+    price: ModelPrice | None,
+    budget: Budget,
+    spent_before: float,
+    prior: dict[str, list[PriorAnswer]],
+    on_progress: Callable[[int, int], None] | None,
+) -> TierResult:
+    """One pass of the tier over the items: stored answers reused per item, the rest asked."""
     result = TierResult()
     ordered = sorted(items, key=lambda item: item.item_id)  # stable batches
     if not ordered:
@@ -229,7 +298,7 @@ def run_tier(
             for _, task in stopped:
                 for item in task.items:
                     result.failures[item.item_id] = f"budget reached (${spent:.4f} of ${budget.monthly_usd:.2f})"
-                    result.budget_stopped += 1
+                    result.stopped.add(item.item_id)
             break
         if label_many:
             outcomes = label_many([task for _, task in group], on_call=record)

@@ -9,9 +9,15 @@ Tier options read (besides the common ones documented in docs/llm_tiers.md):
                     ANTHROPIC_API_KEY goes only to the resource's own endpoint, as in the OpenAI provider
   structured        tool (default: a forced strict tool call) or output_format (output_config JSON schema)
   strict            false to send the tool without strict mode (models without structured outputs)
-  temperature       sent when set
+  temperature       sent when set, as an extra body field: SDK 2.15's messages.create has no such
+                    argument (Claude models from Opus 4.7 reject it with a 400)
   max_output_tokens max_tokens of each request (default: enough for the items of the request)
   cache_ttl         5m (default) or 1h: the prompt cache lifetime of the static prefix
+
+The tier's confidence.signal (project.Confidence): logprobs is refused before any call (Anthropic
+returns none). self_consistency sends each sample as its own request, identical to the others: the
+API has no seed, and samples at its default temperature 1.0 (or options.temperature), so each
+request is an independent draw.
 """
 
 from __future__ import annotations
@@ -80,6 +86,11 @@ class AnthropicProvider(LLMProvider):
             raise ProviderConfigError(f"tiers.{tier.name}.options.structured: use tool or output_format")
         if self.option(tier, "cache_ttl", "5m") not in ("5m", "1h"):
             raise ProviderConfigError(f"tiers.{tier.name}.options.cache_ttl: use 5m or 1h")
+        if tier.confidence.signal == "logprobs":
+            raise ProviderConfigError(
+                f"tiers.{tier.name}.confidence.signal: logprobs, but Anthropic returns no token logprobs; use "
+                "self_consistency, stated, or agreement (QA and adjudication)"
+            )
 
     def _client(self, tier: TierConfig) -> anthropic.Anthropic:
         key = self._key(tier)
@@ -132,8 +143,10 @@ class AnthropicProvider(LLMProvider):
 
     def send(self, task: LabelTask, body: dict[str, Any]) -> Reply:
         client = self._client(task.tier)
+        params = dict(body)
+        extra = {"temperature": params.pop("temperature")} if "temperature" in params else None
         try:
-            message = client.messages.create(**body, timeout=self.timeout_s(task.tier))
+            message = client.messages.create(**params, extra_body=extra, timeout=self.timeout_s(task.tier))
         except anthropic.APIStatusError as exc:
             raise self.rejected(task.tier, "Anthropic", exc) if _classify(exc) is None else exc
         return _reply(message)

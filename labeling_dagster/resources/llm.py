@@ -314,7 +314,7 @@ class LLMProvider(dg.ConfigurableResource):
         except CallFailed as exc:
             return failed_outcome(task, str(exc), status="rejected")
         limiter.adjust(estimate, reply.usage.input_tokens + reply.usage.output_tokens)
-        return outcome_from_reply(prompt, task.taxonomy, reply)
+        return outcome_from_reply(prompt, task.taxonomy, reply, tier.confidence.signal)
 
     # --- batch mode -------------------------------------------------------------------------
     def _label_in_batch(self, tasks: list[LabelTask], on_call: OnCall) -> list[CallOutcome]:
@@ -366,7 +366,8 @@ class LLMProvider(dg.ConfigurableResource):
         for cid, task, prompt in zip(custom_ids, tasks, prompts):
             reply = replies.get(cid, f"{self.provider_name} batch ended without running this request (expired or cancelled)")
             outcomes.append(
-                failed_outcome(task, reply) if isinstance(reply, str) else outcome_from_reply(prompt, task.taxonomy, reply)
+                failed_outcome(task, reply) if isinstance(reply, str)
+                else outcome_from_reply(prompt, task.taxonomy, reply, tier.confidence.signal)
             )
         return outcomes
 

@@ -1,11 +1,13 @@
 """The offline provider: a scikit-learn classifier (TF-IDF features + logistic regression) trained on
 the project's seed set. Confidence is the predicted probability of the chosen label. It costs no USD;
-its compute seconds are recorded like any other call's usage.
+its compute seconds are recorded like any other call's usage. It learns only the taxonomy's labels,
+so it never answers the none-of-these outcome.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from labeling_dagster.core.confidence import version_settings
 from labeling_dagster.core.labels import Answer, CallOutcome, LabelTask
 from labeling_dagster.project import TierConfig, load_project
 
@@ -73,7 +76,19 @@ class LocalModelProvider(dg.ConfigurableResource):
             self._seed_digest = hashlib.sha256(path.read_bytes()).hexdigest()
         digest = hashlib.sha256(self._seed_digest.encode())
         digest.update(f"{features}|{c}|{sklearn.__version__}|{','.join(task.taxonomy.names)}".encode())
+        signal = version_settings(task.tier)
+        if signal is not None:  # default and agreement add nothing, so stored answers stay reusable
+            digest.update(json.dumps(signal, sort_keys=True).encode())
         return f"local-{digest.hexdigest()[:16]}"
+
+    def check_ready(self, tier: TierConfig) -> None:
+        """A local model has one number, its probability: every other signal would silently be that one."""
+        if tier.confidence.signal not in ("default", "agreement"):
+            raise ValueError(
+                f"tiers.{tier.name}.confidence.signal: {tier.confidence.signal} on a local model, which gives the same "
+                "answer every time and writes no number or token logprobs: use signal default (or agreement on QA "
+                "and adjudication)"
+            )
 
     def _model(self, task: LabelTask) -> Pipeline:
         version = self.version(task)
@@ -99,6 +114,7 @@ class LocalModelProvider(dg.ConfigurableResource):
             return model
 
     def label_batch(self, task: LabelTask) -> CallOutcome:
+        self.check_ready(task.tier)
         started = time.perf_counter()
         model = self._model(task)
         probabilities = model.predict_proba([item.text for item in task.items])

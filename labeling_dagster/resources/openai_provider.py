@@ -15,6 +15,15 @@ Tier options read (besides the common ones documented in docs/llm_tiers.md):
   top_logprobs    alternatives per token position when logprobs is on (default 5, at most 20)
   prompt_cache_key  true/false: send the prompt version as prompt_cache_key (default: true on
                   api.openai.com, false on other servers, which may reject unknown fields)
+
+The tier's confidence.signal (project.Confidence):
+  logprobs          logprobs are asked for whatever options.logprobs says; an answer that comes back
+                    without them fails (core.confidence.MISSING_LOGPROBS), never the written number
+  self_consistency  each sample is its own request with the sample index as `seed`, at the tier's
+                    temperature, or at 1.0 when options sets none (servers that default lower, as
+                    some OpenAI-compatible ones do, would give the same answer k times)
+  stated            the written number is the confidence; with options.logprobs on, the token
+                    distribution still fills the alternatives
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import PrivateAttr
 
+from labeling_dagster.core.confidence import sample_index
 from labeling_dagster.core.labels import LabelTask, Usage
 from labeling_dagster.core.prompts import SCHEMA_NAME, Prompt, Reply, TokenLogprob, label_distributions
 from labeling_dagster.core.ratelimit import Transient, sdk_error_classifier
@@ -113,7 +123,11 @@ class OpenAIProvider(LLMProvider):
         for option, field in (("temperature", "temperature"), ("reasoning_effort", "reasoning_effort"), ("max_output_tokens", "max_completion_tokens")):
             if self.option(tier, option) is not None:
                 body[field] = tier.options[option]
-        if self.option(tier, "logprobs", False):
+        sample = sample_index(tier)
+        if sample is not None:
+            body["seed"] = sample
+            body.setdefault("temperature", 1.0)
+        if self.option(tier, "logprobs", False) or tier.confidence.signal == "logprobs":
             body["logprobs"] = True
             body["top_logprobs"] = int(self.option(tier, "top_logprobs", 5))
         if self.option(tier, "prompt_cache_key", self._base_url(tier) is None):
