@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from labeling_dagster.core import autolabel
 from labeling_dagster.core.autolabel import (
+    AutoLabeler,
     EmbeddingsUnavailable,
+    LabelModel,
     accept,
     accuracy_lower_bound,
     build_auto_labeler,
@@ -175,6 +180,11 @@ def test_accept_splits_items_at_the_threshold():
     assert answer.label == "refund" and answer.alternatives[0][0] == "delivery"
     assert model.version in answer.reason
     assert accept(model, None, queue).rest == ["0", "1"]
+    # Probabilities the caller already has give the same result without predicting again.
+    given = accept(model, threshold, queue, probabilities=model.predict_proba([item.text for item in queue]))
+    assert given == result
+    with pytest.raises(ValueError, match="predict_proba of these items"):
+        accept(model, threshold, queue, probabilities=model.predict_proba(["one text"]))
 
 
 def test_margin_selection_picks_the_ambiguous_items():
@@ -258,3 +268,164 @@ def test_a_cross_fit_model_survives_pickling_as_the_stored_artifact():
     texts = ["refund money back", "track parcel"]
     assert np.allclose(copy.predict_proba(texts), fit.model.predict_proba(texts))
     assert copy.version == fit.model.version
+
+
+# ---------------------------------------------------------------------------------------- novelty
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Each names a class word of VOCAB, so the classifier is sure of it, in a sentence unlike any ticket.
+OUT_OF_SCOPE = [
+    "Historians say the Spanish treasure fleet never saw a refund after the storms of 1588",
+    "Migrating swallows track the magnetic field across the Sahara each autumn",
+    "Shakespeare wrote that parting is such sweet sorrow; his invoice for the play survives",
+    "Volcanic ash can cancel transatlantic flights for weeks, geologists explained",
+    "A password-protected diary from the Victorian era was auctioned in Edinburgh",
+    "Penguins huddle through the Antarctic winter, rarely changing their address",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic_labeler():
+    rows = synthetic(400, np.random.default_rng(3), [1 / 6] * 6)
+    return build_auto_labeler([t for t, _ in rows], [lab for _, lab in rows], target_accuracy=0.9,
+                              min_training_size=200, folds=3)
+
+
+def without_novelty(model):
+    """The model as a pickle written before the novelty check existed: the same object state, minus
+    the attributes the check added."""
+    state = {k: v for k, v in model.__dict__.items() if k not in ("novelty_floor", "novelty", "neighbours")}
+    old = LabelModel.__new__(LabelModel)
+    old.__dict__.update(state)
+    return pickle.loads(pickle.dumps(old))
+
+
+def test_confident_answers_on_texts_unlike_the_training_data_are_not_accepted(synthetic_labeler):
+    model, threshold = synthetic_labeler.model, synthetic_labeler.choice.threshold
+    _, confidence = model.predict(OUT_OF_SCOPE)
+    assert (confidence >= threshold).all()  # the classifier alone would accept every one of them
+    result = accept(model, threshold, items(OUT_OF_SCOPE))
+    assert result.accepted == [] and result.rest == [str(i) for i in range(len(OUT_OF_SCOPE))]
+    assert sorted(result.novel) == result.rest
+    floor = model.novelty_floor
+    assert all(f"< floor {floor:.3f}" in why and why.startswith("far from the auto-labeler's training data: nearest "
+               "similarity") for why in result.novel.values())
+
+    # In-scope texts the model has not seen are almost all still accepted, and say they were checked.
+    fresh = synthetic(300, np.random.default_rng(9), [1 / 6] * 6)
+    queue = items([text for text, _ in fresh])
+    kept = accept(model, threshold, queue)
+    confident = int((model.predict([item.text for item in queue])[1] >= threshold).sum())
+    assert len(kept.accepted) >= 0.97 * confident and confident > 250
+    assert all(f">= floor {floor:.3f}" in answer.reason for answer in kept.accepted)
+    # Mixed queue: the order of `rest` is the items' order, novel or not.
+    mixed = items([OUT_OF_SCOPE[0], fresh[0][0], "zzz", OUT_OF_SCOPE[1]])
+    result = accept(model, threshold, mixed)
+    assert result.rest == [i for i in ["0", "1", "2", "3"] if i not in {a.item_id for a in result.accepted}]
+    assert set(result.novel) <= set(result.rest) and {"0", "3"} <= set(result.novel)
+
+
+def test_novelty_floor_is_the_quantile_of_held_out_items_similarity_to_their_folds(synthetic_labeler):
+    rows = synthetic(400, np.random.default_rng(3), [1 / 6] * 6)
+    fit = cross_fit([t for t, _ in rows], [lab for _, lab in rows], folds=3)
+    assert fit.similarities.shape == (400,) and fit.model.novelty_floor == pytest.approx(
+        np.sort(fit.similarities)[4], abs=1e-6)  # 1% of 400: the 5th smallest
+    assert (fit.similarities < fit.model.novelty_floor).mean() <= 0.01
+    assert "1% quantile of 400 held-out items" in fit.model.novelty and fit.model.settings["novelty_quantile"] == 0.01
+    # Measured on items the fold model did not see: a training item's own similarity is 1, theirs is not.
+    assert np.allclose(fit.model.max_similarity([t for t, _ in rows[:20]]), 1.0, atol=1e-5)
+    assert fit.similarities.max() < autolabel.NEAR_COPY
+    # No quantile: no floor, and accept checks nothing.
+    off = cross_fit([t for t, _ in rows], [lab for _, lab in rows], folds=3, novelty_quantile=None)
+    assert off.model.novelty_floor is None and off.similarities is None and "None" in off.model.novelty
+    assert accept(off.model, 0.0, items(OUT_OF_SCOPE)).novel == {}
+
+
+def test_copies_in_the_training_data_do_not_raise_the_floor():
+    # Every seed row six times with a number changed, as a templated seed set has: nearly every held-out
+    # item has a copy among its fold's training items. Counted, the copies would raise the floor to
+    # where only copies pass; left out, it stays near the floor of the rows without copies.
+    rows = synthetic(100, np.random.default_rng(3), [1 / 6] * 6)
+    copied = [(f"{text} ref {n}", label) for text, label in rows for n in range(1, 7)]
+    fit = cross_fit([t for t, _ in copied], [lab for _, lab in copied], folds=3)
+    single = cross_fit([f"{t} ref 1" for t, _ in rows], [lab for _, lab in rows], folds=3)
+    assert fit.model.novelty_floor < 0.6 and abs(fit.model.novelty_floor - single.model.novelty_floor) < 0.1
+    fresh = items([f"{text} ref 8" for text, _ in synthetic(200, np.random.default_rng(9), [1 / 6] * 6)])
+    assert len(accept(fit.model, 0.0, fresh).novel) <= 0.03 * len(fresh)
+
+
+def test_max_similarity_is_the_exact_largest_cosine_in_blocks(synthetic_labeler, monkeypatch):
+    model = synthetic_labeler.model
+    queries = [text for text, _ in synthetic(50, np.random.default_rng(11), [1 / 6] * 6)] + OUT_OF_SCOPE + ["", "?"]
+    vectorizer = model.neighbours.vectorizer
+    query = autolabel._unit_vectors(vectorizer, queries, model.features)[0]
+    brute = (query @ model.neighbours.sparse.T).toarray().max(axis=1)
+    # Tiny blocks (a few queries at a time) and a split with features on both sides of the dense/sparse cut.
+    monkeypatch.setattr(autolabel, "SIMILARITY_BLOCK", 3 * model.training_size)
+    monkeypatch.setattr(autolabel, "COMMON_FEATURE_SHARE", 0.2)
+    fresh = pickle.loads(pickle.dumps(model))  # the split is rebuilt, not read from the pickle
+    assert fresh.neighbours._split is None
+    assert np.allclose(fresh.max_similarity(queries), brute, atol=1e-6)
+    assert fresh.max_similarity(["", "?"]).tolist() == [0.0, 0.0]  # no known feature: far from everything
+
+
+def test_out_of_vocabulary_words_count_in_the_length(synthetic_labeler):
+    # Familiar words alone are near the training items; padded with words the model never saw, the
+    # same text is far from them (TF-IDF's transform drops unknown words, which would keep it near).
+    texts, _ = zip(*TINY)
+    vectorizer = autolabel._tfidf().fit(texts)
+    plain = autolabel._unit_vectors(vectorizer, list(texts), "tfidf")[0]
+    expected = vectorizer.transform(list(texts)).toarray() / np.sqrt(2)  # two unit parts: words and chars
+    assert np.allclose(plain.toarray(), expected, atol=1e-6)
+    near, far = synthetic_labeler.model.max_similarity(
+        ["please refund my money back", "please refund my money back, said the zebra to the quokka and the narwhal"])
+    assert far < synthetic_labeler.model.novelty_floor <= near
+
+
+@pytest.mark.skipif(not (DATA / "banking77").exists() or not (DATA / "sms_spam_collection").exists()
+                    or not (DATA / "goemotions").exists(), reason="needs ../shared/data (banking77, sms, goemotions)")
+def test_out_of_scope_texts_are_refused_and_in_scope_ones_kept_on_real_data():
+    """8 banking77 intents (70 training items each): their test split is almost all still accepted, SMS
+    messages and Reddit comments almost all refused, many of which the classifier alone is sure of."""
+    train_rows = list(csv.DictReader(open(DATA / "banking77" / "train.csv", encoding="utf-8")))
+    test_rows = list(csv.DictReader(open(DATA / "banking77" / "test.csv", encoding="utf-8")))
+    chosen = sorted({row["category"] for row in train_rows})[::10][:8]
+    per_class: dict[str, list[str]] = {}
+    for row in train_rows:
+        if row["category"] in chosen and len(per_class.setdefault(row["category"], [])) < 70:
+            per_class[row["category"]].append(row["text"])
+    texts = [text for label in chosen for text in per_class[label]]
+    labels = [label for label in chosen for _ in per_class[label]]
+    labeler = build_auto_labeler(texts, labels, target_accuracy=0.95, min_training_size=300)
+    model, threshold = labeler.model, labeler.choice.threshold
+    assert threshold is not None and model.novelty_floor is not None
+
+    in_scope = [row["text"] for row in test_rows if row["category"] in chosen]
+    sms = list(dict.fromkeys(row["text"] for row in csv.DictReader(
+        open(DATA / "sms_spam_collection" / "sms_spam.csv", encoding="utf-8"))))[:300]
+    reddit = [line.split("\t")[0] for line in (DATA / "goemotions" / "dev.tsv").read_text(encoding="utf-8").splitlines()][:300]
+    for name, batch, least_refused in (("in scope", in_scope, None), ("sms", sms, 0.8), ("reddit", reddit, 0.8)):
+        result = accept(model, threshold, items(batch))
+        confident = len(result.accepted) + len(result.novel)
+        if least_refused is None:
+            assert len(result.accepted) >= 0.97 * confident and confident >= 0.9 * len(batch), name
+        else:
+            # The classifier alone would take many of them: the novelty check is what refuses those.
+            assert confident >= 0.3 * len(batch), name
+            assert len(result.novel) >= least_refused * confident and len(result.rest) >= 0.9 * len(batch), name
+
+
+def test_a_model_pickled_before_the_novelty_check_loads_and_checks_nothing(synthetic_labeler):
+    old = without_novelty(synthetic_labeler.model)
+    assert "novelty_floor" not in old.__dict__
+    assert old.novelty_floor is None and old.max_similarity(["refund"]) is None
+    assert old.novelty.startswith("no novelty check")
+    result = accept(old, synthetic_labeler.choice.threshold, items(OUT_OF_SCOPE))
+    assert len(result.accepted) == len(OUT_OF_SCOPE) and result.novel == {}  # as before the check existed
+    assert "floor" not in result.accepted[0].reason
+    # A stored AutoLabeler holding such a model unpickles and reports as before.
+    stored = pickle.loads(pickle.dumps(AutoLabeler(old, synthetic_labeler.choice, synthetic_labeler.curve)))
+    assert stored.metadata()["version"] == old.version
+    # A model trained by `train` (below the training minimum) has no floor either.
+    texts, labels = zip(*TINY)
+    assert train(texts, labels).novelty_floor is None

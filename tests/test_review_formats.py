@@ -13,6 +13,7 @@ from datetime import date, datetime
 import pytest
 
 from labeling_dagster.core.review_formats import (
+    NONE_HINT,
     QueueRow,
     RejectedRow,
     ReviewRow,
@@ -77,6 +78,8 @@ def test_export_paths_are_stable_and_per_month(tmp_path):
         "label_studio_tasks": "exports/2026-09/label_studio_tasks.json",
         "label_studio_config": "exports/2026-09/label_studio_config.xml",
         "ground_truth_manifest": "exports/2026-09/ground_truth_manifest.jsonl",
+        "ground_truth_label_categories": "exports/2026-09/ground_truth_label_categories.json",
+        "review_choices": "exports/2026-09/review_choices.csv",
     }
     with pytest.raises(ValueError, match="YYYY-MM"):
         export_paths(tmp_path, "Sept 2026")
@@ -201,6 +204,55 @@ def test_label_studio_config_escapes_labels():
     choices = ET.fromstring(xml).find("Choices").findall("Choice")
     assert [c.get("value") for c in choices] == ['a&b', 'say "hi"', "<x>"]
     assert choices[0].get("hint") == "fish & chips"
+
+
+def test_none_of_these_is_offered_by_every_export_that_lists_choices(tmp_path):
+    paths = write_exports(tmp_path / "exports", MONTH, queue(), LABELS, DEFINITIONS, none_label="none_of_these")
+    choices = ET.fromstring(paths["label_studio_config"].read_text()).find("Choices").findall("Choice")
+    assert [c.get("value") for c in choices] == [*LABELS, "none_of_these"]
+    assert choices[-1].get("hint") == NONE_HINT and choices[0].get("hint") == DEFINITIONS["billing_issue"]
+    assert json.loads(paths["ground_truth_label_categories"].read_text()) == {
+        "document-version": "2018-11-28", "labels": [{"label": label} for label in [*LABELS, "none_of_these"]]}
+    with open(paths["review_choices"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["label"], row["meaning"]) for row in rows] == [
+        ("billing_issue", DEFINITIONS["billing_issue"]), ("card_lost", DEFINITIONS["card_lost"]), ("other", ""),
+        ("none_of_these", NONE_HINT)]
+
+    # Without a none_label the choices are exactly the taxonomy.
+    plain = write_exports(tmp_path / "plain", MONTH, queue(), LABELS)
+    assert [c.get("value") for c in ET.fromstring(plain["label_studio_config"].read_text()).iter("Choice")] == LABELS
+    assert [entry["label"] for entry in json.loads(plain["ground_truth_label_categories"].read_text())["labels"]] == LABELS
+    assert "none_of_these" not in plain["review_choices"].read_text()
+
+
+def test_none_of_these_is_a_valid_answer_in_every_review_format_when_declared(tmp_path):
+    paths = write_exports(tmp_path / "exports", MONTH, queue(), LABELS, none_label="none_of_these")
+    answers = {"t-001": "billing_issue", "t-002": "none_of_these", "t-003": "none_of_these"}
+    fill_csv(paths["csv"], tmp_path / "alice.csv", "alice", answers, {"t-001": "", "t-002": "", "t-003": ""})
+    good, rejected = read_reviews(tmp_path / "alice.csv", KNOWN, LABELS, none_label="none_of_these")
+    assert rejected == [] and [(r.item_id, r.label) for r in good] == list(answers.items())
+
+    # The same file against a taxonomy without a none_label: those answers are outside it.
+    good, rejected = read_reviews(tmp_path / "alice.csv", KNOWN, LABELS)
+    assert [r.item_id for r in good] == ["t-001"] and [r.item_id for r in rejected] == ["t-002", "t-003"]
+    assert "'none_of_these' is not in the taxonomy" in rejected[0].reason
+
+    # Another made-up answer is still rejected, and the reason names the none-of-these answer too.
+    (tmp_path / "bo.csv").write_text("item_id,annotator_id,label\nt-001,bo,none\n")
+    good, rejected = read_reviews(tmp_path / "bo.csv", KNOWN, LABELS, none_label="none_of_these")
+    assert good == [] and "nor its none-of-these answer 'none_of_these'" in rejected[0].reason
+
+    # Label Studio and Ground Truth answers carry it as a chosen choice / class-name.
+    studio = tmp_path / "ls.json"
+    studio.write_text(json.dumps([{"id": 1, "data": {"item_id": "t-002"}, "annotations": [{"completed_by": 5, "result": [
+        {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["none_of_these"]}}]}]}]))
+    manifest = tmp_path / "out.manifest"
+    manifest.write_text(json.dumps({"source": "x", "metadata": {"item_id": "t-003"}, "c": 3, "c-metadata": {
+        "class-name": "none_of_these", "human-annotated": "yes", "job-name": "j"}}) + "\n")
+    for path, item in ((studio, "t-002"), (manifest, "t-003")):
+        good, rejected = read_reviews(path, KNOWN, LABELS, none_label="none_of_these")
+        assert rejected == [] and [(r.item_id, r.label) for r in good] == [(item, "none_of_these")]
 
 
 def test_ground_truth_round_trip(tmp_path):

@@ -1,6 +1,7 @@
 """Stage 6: what people answered. Completed review files of the month (Label Studio export, Ground
 Truth output manifest, CSV) are ingested, bad rows reported beside each file, and the answers merged
-into one label per item by consensus.
+into one label per item by consensus. A person may answer the taxonomy's none_label ("none of these"):
+the item is out of scope, and that is a valid outcome like any label.
 
 A review is kept when its item is an item of the month (in raw_items), whether or not the latest run
 still queues that item: a rerun that routes differently (a new tier, other bands) never throws
@@ -99,7 +100,7 @@ def read_month_reviews(conn, spec: Project, month: str, window: dg.TimeWindow) -
                                 "rows_ingested": 0, "rows_rejected": 0, "duplicate_of": seen[fingerprint]})
             continue
         seen[fingerprint] = str(path)
-        good, bad = read_reviews(path, known, spec.taxonomy.names)
+        good, bad = read_reviews(path, known, spec.taxonomy.names, spec.taxonomy.none_label)
         out.rejected.append((path, bad))
         out.reviews += [{**row.__dict__, "month": stamp, "file_hash": fingerprint} for row in good]
         out.imports.append({"month": stamp, "source_file": str(path), "file_hash": fingerprint,
@@ -111,7 +112,9 @@ def read_month_reviews(conn, spec: Project, month: str, window: dg.TimeWindow) -
     if review.models_join_as_annotators:
         models = pd.concat([read_window(conn, t, window) for t in MODEL_TIER_TABLES], ignore_index=True)
         models = models[models["item_id"].isin(set(frame["item_id"]))].to_dict("records")
-    result = consensus(frame.to_dict("records"), review.consensus, labels=spec.taxonomy.names,
+    # taxonomy.answers: the labels, then none_label (a person may say an item fits none), which also
+    # orders the tie rule: a real label wins a tie with "none of these".
+    result = consensus(frame.to_dict("records"), review.consensus, labels=spec.taxonomy.answers,
                        model_answers=models, min_agreement=review.min_agreement)
     cost = frame.assign(usd=labor_usd(frame["seconds"], review.hourly_rate_usd, review.usd_per_review))
     cost_by_item = cost.groupby("item_id")["usd"].sum()
@@ -137,8 +140,9 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         from the files in `<reviews_dir>/<YYYY-MM>/`. Each file's content is ingested once (a copy under
         another name is skipped). An answer is kept when its item is an item of the month, whether or not
         the latest run still queues it (a rerun that routes differently keeps people's work and its
-        labor cost); rows naming items outside the month or labels outside the taxonomy are left out and
-        listed in `<file>.rejected.csv` beside it. Also writes `review_consensus`: per reviewed item, the
+        labor cost); rows naming items outside the month or labels outside the taxonomy (its none_label,
+        "none of these", is a valid answer: the item is out of scope) are left out and listed in
+        `<file>.rejected.csv` beside it. Also writes `review_consensus`: per reviewed item, the
         merged label, agreement, ties, and whether it is settled or needs another review. Read by
         final_labels, where a settled item is people's whatever the models decided."""
         spec = project.load()

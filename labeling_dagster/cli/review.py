@@ -55,8 +55,10 @@ def _run(project_path: str, path: Path, month: str, selection: list[str]) -> Non
 @WAREHOUSE_OPTION
 def export(project_path: str, month: str, warehouse: str | None) -> None:
     """Write the month's review queue files again (CSV, JSONL, Label Studio tasks and config, Ground
-    Truth manifest) from the labels already in the warehouse; no model is called. Items people have
-    settled are left out; the others say how many answers they have and how many more they need."""
+    Truth manifest and label categories, the list of answers a reviewer may give, with the taxonomy's
+    none_label when it declares one) from the labels already in the warehouse; no model is called.
+    Items people have settled are left out; the others say how many answers they have and how many
+    more they need."""
     project = load(project_path)
     months_between(project, month, None)
     path = _warehouse_path(project, warehouse)

@@ -46,6 +46,10 @@ QUEUE_CSV_COLUMNS = [
     "seconds",
 ]
 REVIEW_CSV_REQUIRED = ("item_id", "annotator_id", "label")
+# The hint beside the taxonomy's "none of these" answer (taxonomy.none_label) wherever choices are offered.
+NONE_HINT = "None of these: the item is outside the taxonomy"
+# Ground Truth's label category configuration format (the version its documentation names).
+GT_DOCUMENT_VERSION = "2018-11-28"
 REJECTION_SUFFIX = ".rejected.csv"
 REVIEW_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".manifest")
 
@@ -155,6 +159,8 @@ def export_paths(exports_dir: str | Path, month: str | date) -> dict[str, Path]:
         "label_studio_tasks": folder / "label_studio_tasks.json",
         "label_studio_config": folder / "label_studio_config.xml",
         "ground_truth_manifest": folder / "ground_truth_manifest.jsonl",
+        "ground_truth_label_categories": folder / "ground_truth_label_categories.json",
+        "review_choices": folder / "review_choices.csv",
     }
 
 
@@ -164,9 +170,10 @@ def write_exports(
     rows: Sequence[QueueRow],
     taxonomy_labels: Sequence[str],
     definitions: Mapping[str, str] | None = None,
+    none_label: str | None = None,
 ) -> dict[str, Path]:
     """Write every export format of one month's queue; returns `export_paths`."""
-    with ExportWriter(exports_dir, month, taxonomy_labels, definitions) as export:
+    with ExportWriter(exports_dir, month, taxonomy_labels, definitions, none_label=none_label) as export:
         export.add(rows)
     return export.paths
 
@@ -174,7 +181,9 @@ def write_exports(
 class ExportWriter:
     """Every export file of one month, written a chunk of rows at a time (a large queue never sits in
     memory as one string). Each file grows as a temp file beside its final name and is renamed into
-    place when the writer closes without error, so a review tool never reads half a file."""
+    place when the writer closes without error, so a review tool never reads half a file.
+    `none_label` (taxonomy.none_label) is offered as one more answer wherever the choices are listed:
+    the Label Studio config, Ground Truth's label categories and the CSV's review_choices.csv."""
 
     def __init__(
         self,
@@ -182,9 +191,15 @@ class ExportWriter:
         month: str | date,
         taxonomy_labels: Sequence[str],
         definitions: Mapping[str, str] | None = None,
+        *,
+        none_label: str | None = None,
     ) -> None:
         self.paths = export_paths(exports_dir, month)
-        self._config = label_studio_config(taxonomy_labels, definitions)
+        self._choices = {
+            "label_studio_config": label_studio_config(taxonomy_labels, definitions, none_label),
+            "ground_truth_label_categories": ground_truth_label_categories(taxonomy_labels, none_label),
+            "review_choices": review_choices_csv(taxonomy_labels, definitions, none_label),
+        }
         self._temps: dict[str, Path] = {}
         self._files: dict[str, Any] = {}
         self._tasks = 0
@@ -222,7 +237,8 @@ class ExportWriter:
             return
         for name, temp in self._temps.items():
             os.replace(temp, self.paths[name])
-        write_atomic(self.paths["label_studio_config"], self._config)
+        for name, text in self._choices.items():
+            write_atomic(self.paths[name], text)
 
 
 def _csv_record(row: QueueRow) -> dict[str, Any]:
@@ -293,15 +309,26 @@ def write_label_studio(path: str | Path, rows: Sequence[QueueRow]) -> Path:
     return write_atomic(path, json.dumps([_ls_task(row) for row in rows], ensure_ascii=False, indent=1))
 
 
-def label_studio_config(taxonomy_labels: Sequence[str], definitions: Mapping[str, str] | None = None) -> str:
-    """The Label Studio labeling config for the taxonomy: the text, why it was queued, one required
-    single choice per label (its definition as the hint)."""
+def answer_choices(
+    taxonomy_labels: Sequence[str], definitions: Mapping[str, str] | None = None, none_label: str | None = None
+) -> list[tuple[str, str]]:
+    """What a reviewer may answer, in order, with each answer's hint: the taxonomy labels, then the
+    none-of-these answer when the taxonomy declares one (a person may say an item fits no label)."""
     definitions = definitions or {}
+    choices = [(label, definitions.get(label) or "") for label in taxonomy_labels]
+    if none_label and none_label not in taxonomy_labels:
+        choices.append((none_label, NONE_HINT))
+    return choices
+
+
+def label_studio_config(
+    taxonomy_labels: Sequence[str], definitions: Mapping[str, str] | None = None, none_label: str | None = None
+) -> str:
+    """The Label Studio labeling config for the taxonomy: the text, why it was queued, one required
+    single choice per label (its definition as the hint), and the none-of-these answer if declared."""
     choices = "\n".join(
-        f"    <Choice value={quoteattr(label)}"
-        + (f" hint={quoteattr(definitions[label])}" if definitions.get(label) else "")
-        + "/>"
-        for label in taxonomy_labels
+        f"    <Choice value={quoteattr(label)}" + (f" hint={quoteattr(hint)}" if hint else "") + "/>"
+        for label, hint in answer_choices(taxonomy_labels, definitions, none_label)
     )
     return (
         "<View>\n"
@@ -312,6 +339,26 @@ def label_studio_config(taxonomy_labels: Sequence[str], definitions: Mapping[str
         "  </Choices>\n"
         "</View>\n"
     )
+
+
+def ground_truth_label_categories(taxonomy_labels: Sequence[str], none_label: str | None = None) -> str:
+    """Ground Truth's label category configuration file for a text classification job (its
+    LabelCategoryConfigS3Uri): the choices workers see, so `class-name` in the output manifest is
+    one of them."""
+    labels = [{"label": label} for label, _ in answer_choices(taxonomy_labels, None, none_label)]
+    return json.dumps({"document-version": GT_DOCUMENT_VERSION, "labels": labels}, ensure_ascii=False, indent=1) + "\n"
+
+
+def review_choices_csv(
+    taxonomy_labels: Sequence[str], definitions: Mapping[str, str] | None = None, none_label: str | None = None
+) -> str:
+    """The answers a spreadsheet reviewer may write in review_queue.csv's `label` column, one a row
+    with what it means: a CSV cannot offer choices itself."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", "meaning"])
+    writer.writerows(answer_choices(taxonomy_labels, definitions, none_label))
+    return buffer.getvalue()
 
 
 def write_ground_truth_manifest(path: str | Path, rows: Sequence[QueueRow]) -> Path:
@@ -406,20 +453,22 @@ def run_key(path: str | Path) -> str:
 
 
 def read_reviews(
-    path: str | Path, known_item_ids: Iterable[str], taxonomy_labels: Iterable[str]
+    path: str | Path, known_item_ids: Iterable[str], taxonomy_labels: Iterable[str], none_label: str | None = None
 ) -> tuple[list[ReviewRow], list[RejectedRow]]:
     """Read a completed review file, whatever tool wrote it, into good rows and rejected rows.
 
     The format is detected from the content: a JSON list is a Label Studio export; JSON lines with a
     `<attribute>-metadata` key are a Ground Truth output manifest; other JSON lines and CSV need
     `item_id`, `annotator_id`, `label` (and optionally `seconds`, `submitted_at`). Rows for items not
-    in `known_item_ids` (the month's items, queued now or not), with labels outside the taxonomy, missing fields, or unparsable, are rejected with their
-    row number and reason. An annotator answering the same item twice in one file keeps the first
-    answer. This function does not raise on bad content; an unreadable file gives one rejected row.
+    in `known_item_ids` (the month's items, queued now or not), with labels outside the taxonomy, missing
+    fields, or unparsable, are rejected with their row number and reason. `none_label` (the taxonomy's
+    none-of-these answer, if it declares one) is a valid answer: the person says the item fits no
+    label. An annotator answering the same item twice in one file keeps the first answer. This
+    function does not raise on bad content; an unreadable file gives one rejected row.
     """
     path = Path(path)
     known = known_item_ids if isinstance(known_item_ids, (set, frozenset)) else set(map(str, known_item_ids))
-    reader = _Reader(path, known, set(map(str, taxonomy_labels)))
+    reader = _Reader(path, known, set(map(str, taxonomy_labels)), none_label)
     try:
         text = path.read_bytes().decode("utf-8-sig")
         reader.file_time = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None)
@@ -461,6 +510,7 @@ class _Reader:
     path: Path
     known_items: set[str]
     labels: set[str]
+    none_label: str | None = None
     file_time: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
     good: list[ReviewRow] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
@@ -483,8 +533,9 @@ class _Reader:
         if item not in self.known_items:
             self.reject(location, item, f"item {item!r} is not an item of this month; check the month folder")
             return
-        if answer not in self.labels:
-            self.reject(location, item, f"label {answer!r} is not in the taxonomy {sorted(self.labels)}")
+        if answer not in self.labels and answer != self.none_label:
+            also = f", nor its none-of-these answer {self.none_label!r}" if self.none_label else ""
+            self.reject(location, item, f"label {answer!r} is not in the taxonomy {sorted(self.labels)}{also}")
             return
         try:
             spent = _seconds(seconds)
