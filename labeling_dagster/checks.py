@@ -18,7 +18,7 @@ def final_label_specs(asset: str) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(TERMINAL, asset=asset, blocking=True,
                           description="Each raw item of the month has exactly one final row, labeled or pending human; rejected rows are counted apart."),
         dg.AssetCheckSpec(IN_TAXONOMY, asset=asset, blocking=True,
-                          description="Every final label is one of the taxonomy's labels."),
+                          description="Every final label is one of the taxonomy's labels (or its none_label, answered by people)."),
     ]
 
 
@@ -139,4 +139,56 @@ def within_budget(ledger: pd.DataFrame, budget_usd: float) -> dg.AssetCheckResul
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"budget_usd": budget_usd, "max_month_usd": float(model.max()) if len(model) else 0.0,
                   "over_budget": ", ".join(f"{m}: ${u}" for m, u in over.items()) or "none"},
+    )
+
+
+MEETS_TARGET = "accepted_labels_meet_target"
+
+
+def quality_report_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(MEETS_TARGET, asset=asset, blocking=False,
+                          description="Each stage's accepted labels reach quality.target_accuracy where they were checked: "
+                                      "on its audit sample (people's settled answers) and on the golden held-out items it "
+                                      "accepted; and no stage whose month drifted still waits for its recheck. A warning: "
+                                      "the labels are kept, the month is flagged."),
+    ]
+
+
+def accepted_labels_meet_target(findings: list, months: int) -> dg.AssetCheckResult:
+    """`findings`: core.report.Finding of the window's months (stage below target, recheck pending)."""
+    missed = [finding for finding in findings if finding.kind == "missed"]
+    return dg.AssetCheckResult(
+        check_name=MEETS_TARGET,
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"months": months, "stages_below_target": len(missed),
+                  "rechecks_pending": len(findings) - len(missed),
+                  "problems": "; ".join(finding.text for finding in findings) or "none"},
+    )
+
+
+CONFIDENCE_SIGNAL = "confidence_signal_present"
+
+
+def confidence_signal_spec(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(CONFIDENCE_SIGNAL, asset=asset, blocking=False,
+                             description="Every answer of a tier whose confidence.signal is logprobs came with token "
+                                         "logprobs. One without failed and went on to the next tier: the tier's "
+                                         "threshold is certified on logprobs and never falls back to the written number.")
+
+
+def confidence_signal_present(conn, window: dg.TimeWindow, table: str) -> dg.AssetCheckResult:
+    """Checked on the stored label rows of `table` (a model tier's, or golden_labels) for the window."""
+    from labeling_dagster.core.confidence import MISSING_LOGPROBS
+    from labeling_dagster.resources.warehouse import naive_utc
+
+    params = [naive_utc(window.start), naive_utc(window.end), MISSING_LOGPROBS]
+    missing_sql = f"FROM {table} WHERE month >= ? AND month < ? AND contains(failure, ?)"
+    (missing,) = conn.execute(f"SELECT COUNT(*) {missing_sql}", params).fetchone()
+    examples = conn.execute(f"SELECT item_id {missing_sql} ORDER BY item_id LIMIT 5", params).fetchall()
+    return dg.AssetCheckResult(
+        check_name=CONFIDENCE_SIGNAL,
+        passed=missing == 0,
+        metadata={"missing_logprobs": missing, "examples": ", ".join(item for (item,) in examples) or "none"},
     )

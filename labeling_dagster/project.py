@@ -273,6 +273,11 @@ class Quality(_Strict):
         default=0.95, gt=0, le=1,
         description="accuracy every stage's accepted labels must reach (certified per stage and month)",
     )
+    gate: Literal["certified", "bands"] = Field(
+        default="certified",
+        description="certified: a stage accepts only at a certified threshold (no certificate: nothing); "
+        "bands: the routing bands alone, not certified (prototypes, projects without a golden set)",
+    )
     delta: float = Field(
         default=0.05, gt=0, lt=0.5,
         description="risk of a certificate being wrong: P(accepted accuracy >= target_accuracy) >= 1 - delta",

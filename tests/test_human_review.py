@@ -7,14 +7,17 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from click.testing import CliRunner
 
+from labeling_dagster.assets.human_reviews import read_month_reviews
 from labeling_dagster.cli import main
 from labeling_dagster.project import load_project
+from labeling_dagster.resources.warehouse import connect
 from labeling_dagster.sensors import pending_review_runs
 from tests.conftest import paid_tiers, write_tiny_project
 from tests.test_pipeline import run_month, table
@@ -129,7 +132,7 @@ def test_bad_rows_are_reported_beside_the_file_and_good_rows_kept(labeled, tmp_p
     rejected = report.read_text()
     assert "no-such-item" in rejected and "refund" in rejected
     assert table(warehouse, "SELECT rows_ingested, rows_rejected FROM review_imports") == [(len(filled) - 1, 2)]
-    assert "2 rejected" in result.output
+    assert "2 rejected" in " ".join(result.output.split())  # rich wraps long lines
 
 
 def test_the_same_file_twice_is_ingested_once(labeled, tmp_path) -> None:
@@ -176,6 +179,33 @@ def test_three_annotators_consensus_ties_and_sending_back(tmp_path) -> None:
         (len(items), pytest.approx(2 / 3))]
     human = table(warehouse, "SELECT item_id, label FROM final_labels WHERE decided_by = 'human'")
     assert len(human) == len(items) and all(label == gold(item) for item, label in human)
+
+
+def test_none_of_these_is_a_valid_answer_when_the_taxonomy_declares_it(tmp_path) -> None:
+    # extra_yaml lands right after the taxonomy's labels, so this indentation puts it in `taxonomy`.
+    project = write_tiny_project(tmp_path / "p", extra_yaml="  none_label: none_of_these\n")
+    spec = load_project(project)
+    assert spec.taxonomy.none_label == "none_of_these"
+    warehouse = tmp_path / "w.duckdb"
+    assert run_month(project, warehouse).success
+    out_of_scope = lambda item_id: "none_of_these" if gold(item_id) == "card_lost" else gold(item_id)  # noqa: E731
+    reviews = project / "reviews" / "2026-08" / "alice.csv"
+    filled = fill_csv(project / "exports" / "2026-08" / "review_queue.csv", reviews, "alice", answer=out_of_scope)
+    nones = sorted(item_id for item_id in filled if gold(item_id) == "card_lost")
+    assert nones and len(nones) < len(filled)
+    # Not the declared answer: still outside the taxonomy.
+    (reviews.parent / "bo.csv").write_text(f"item_id,annotator_id,label\n{filled[0]},bo,none\n")
+    window = dg.TimeWindow(datetime(2026, 8, 1, tzinfo=timezone.utc), datetime(2026, 9, 1, tzinfo=timezone.utc))
+    with connect(warehouse, read_only=True) as conn:
+        found = read_month_reviews(conn, spec, "2026-08", window)
+    rejected = {path.name: rows for path, rows in found.rejected}
+    assert rejected["alice.csv"] == [] and [row.item_id for row in rejected["bo.csv"]] == [filled[0]]
+    assert "'none' is not in the taxonomy" in rejected["bo.csv"][0].reason
+    assert len(found.reviews) == len(filled)
+    # People's "none of these" is an outcome like any label: kept, merged and settled.
+    merged = found.by_item()
+    assert sorted(item_id for item_id, row in merged.items() if row["label"] == "none_of_these") == nones
+    assert all(row["settled"] for row in merged.values()) and len(merged) == len(filled)
 
 
 def test_review_sensor_requests_one_run_per_file_content(labeled, tmp_path) -> None:
@@ -229,9 +259,10 @@ def test_a_rerun_that_queues_fewer_items_keeps_every_review(paid_project: Path, 
     lines = tiers.splitlines(keepends=True)
     at = next(n for n, line in enumerate(lines) if "name: qa" in line)
     without_qa = "".join(lines[:at] + lines[at + 2:])
+    # quality.gate bands: three golden items cannot certify QA, and this test is about the reviews
     yaml.write_text(yaml.read_text().replace(tiers, without_qa).replace(
         "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120}",
-        "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120, annotators_per_item: 2}"))
+        "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120, annotators_per_item: 2}\nquality: {gate: bands}"))
     warehouse = tmp_path / "w.duckdb"
     assert run_month(paid_project, warehouse).success
     assert table(warehouse, "SELECT COUNT(*) FROM review_queue") == [(13,)]  # adjudication settles nothing at 0.5

@@ -142,7 +142,7 @@ def test_definitions_load_the_example() -> None:
 
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "raw_items", "golden_set", "golden_labels", "label_model", "auto_labels", "first_pass_labels", "qa_labels",
+        "raw_items", "golden_set", "golden_labels", "certificates", "label_model", "auto_labels", "first_pass_labels", "qa_labels",
         "adjudicated_labels", "review_queue", "human_reviews", "final_labels", "cost_ledger", "quality_report"
     }
     schedule = defs.resolve_schedule_def("monthly_labeling_schedule")

@@ -105,7 +105,7 @@ def _write_final_labels(conn, window: dg.TimeWindow, per_review: float, answers:
         "SELECT COALESCE(SUM(cost_usd), 0) FROM final_labels WHERE month >= ? AND month < ?", bounds).fetchone()
     (rejected,) = conn.execute("SELECT COUNT(*) FROM rejected_items WHERE month >= ? AND month < ?", bounds).fetchone()
     check_results = [checks.terminal_state(conn, window, rejected),
-                     checks.labels_in_taxonomy(conn, window, spec.taxonomy.names)]
+                     checks.labels_in_taxonomy(conn, window, spec.taxonomy.answers)]
     return score, (statuses, by_tier, cost_usd, rejected, check_results)
 
 

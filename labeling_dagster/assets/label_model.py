@@ -18,6 +18,7 @@ import dagster as dg
 import pandas as pd
 
 from labeling_dagster.assets.common import WRITER_TAG, items_from, markdown_table, monthly_asset_args, months_in
+from labeling_dagster.assets.drift import drift_metadata, recheck
 from labeling_dagster.core import autolabel, routing
 from labeling_dagster.core.autolabel import AutoLabeler, accept, build_auto_labeler
 from labeling_dagster.project import Project
@@ -26,9 +27,10 @@ from labeling_dagster.resources.warehouse import Warehouse, append, clear_window
 
 MODEL_GROUP = "models"
 # Part of every version: bump it when training changes in a way the rows and settings do not show.
-TRAINING_SCHEME = 1
+TRAINING_SCHEME = 2  # 2: the fixed-sequence threshold and the novelty floor
 # build_auto_labeler's settings that the project file does not set, pinned so the version covers them.
-FIXED_SETTINGS = {"min_count": 50, "level": 0.95, "folds": 5, "seed": 0}
+FIXED_SETTINGS = {"min_count": 50, "level": 0.95, "folds": 5, "seed": 0,
+                  "novelty_quantile": autolabel.NOVELTY_QUANTILE}
 
 HUMAN_LABELS = """
     SELECT r.text, c.label FROM review_consensus c JOIN raw_items r USING (month, item_id)
@@ -36,7 +38,7 @@ HUMAN_LABELS = """
 """
 AGREED_LABELS = """
     SELECT r.text, q.label FROM qa_labels q JOIN raw_items r USING (month, item_id)
-    WHERE q.next_step = 'accept' AND q.route_reason = 'QA agrees with the first pass' {before}
+    WHERE q.next_step = 'accept' AND starts_with(q.route_reason, 'QA agrees with the first pass') {before}
     ORDER BY q.month, q.item_id
 """
 
@@ -115,7 +117,8 @@ def ensure_auto_labeler(conn, project: Project, data: pd.DataFrame) -> tuple[Aut
     temporary.replace(path)
     info = labeler.metadata()
     conn.execute("DELETE FROM label_models WHERE version = ?", [version])
-    row = {**info, "trained_at": datetime.now(timezone.utc).replace(tzinfo=None), "path": str(path),
+    row = {**info, "novelty_floor": labeler.model.novelty_floor,
+           "trained_at": datetime.now(timezone.utc).replace(tzinfo=None), "path": str(path),
            "held_out": facts["held_out_labels"], "curve": json.dumps([vars(p) for p in labeler.curve])}
     incoming = pd.DataFrame([row])  # noqa: F841 (read by name in the SQL below)
     conn.execute("INSERT INTO label_models BY NAME SELECT * FROM incoming")
@@ -126,6 +129,16 @@ def month_auto_labeler(conn, project: Project, month_start: datetime) -> tuple[A
     """The auto-labeler of the month starting at `month_start`: trained on the seed set and the labels
     people settled in earlier months only (loaded when already stored, else trained now)."""
     return ensure_auto_labeler(conn, project, training_set(conn, project, before=month_start))
+
+
+def _not_taken(labeler: AutoLabeler, result, item_id: str) -> str:
+    """Why the auto-labeler passed an item on to the first pass."""
+    novel = result.novel.get(item_id)
+    if novel:
+        return novel
+    if labeler.choice.threshold is None:
+        return f"auto-labeler off: {labeler.choice.reason}"
+    return f"below the auto-label threshold {labeler.choice.threshold:.3f}"
 
 
 def build_label_model() -> dg.AssetsDefinition:
@@ -160,7 +173,7 @@ def build_label_model() -> dg.AssetsDefinition:
 
 
 def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(**monthly_asset_args(partitions), deps=["raw_items", "label_model"], kinds={"duckdb"})
+    @dg.asset(**monthly_asset_args(partitions), deps=["raw_items", "label_model", "certificates"], kinds={"duckdb"})
     def auto_labels(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """One row per item of the month when the auto-labeler is on: accepted (next_step accept) when
         its confidence reaches the month's label model's threshold, otherwise passed on to the first
@@ -178,7 +191,7 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
         spec = project.load()
         if not spec.auto_label.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})
-        rows, accepted_total, items_total, versions = [], 0, 0, {}
+        rows, items_total, versions, drifts = [], 0, {}, {}
         with warehouse.session() as conn:
             clear_window(conn, "auto_labels", context.partition_time_window)
             for month, window in months_in(context.partition_time_window):
@@ -186,9 +199,15 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                 versions[month] = facts
                 context.log.info(f"{month}: label model {facts['version']} "
                                  f"({'trained now' if facts['trained'] else 'stored, reused'}) on {facts['human_labels']} labels")
+                gate = routing.StageGate("auto_label", "certified", None, spec.quality.audit_share,
+                                         spec.taxonomy.none_label)
+                seen: tuple[list[float], list[str]] = ([], [])  # every item's top probability and label, for drift
                 for page in iter_window(conn, "raw_items", window):
                     items = items_from(page)
-                    result = accept(labeler.model, labeler.choice.threshold, items)
+                    probabilities = labeler.model.predict_proba([item.text for item in items])
+                    result = accept(labeler.model, labeler.choice.threshold, items, probabilities)
+                    seen[0].extend(float(p) for p in probabilities.max(axis=1))
+                    seen[1].extend(labeler.model.classes[k] for k in probabilities.argmax(axis=1))
                     taken = {answer.item_id: answer for answer in result.accepted}
                     # an always_human_when rule sends the item to people whatever a model says: the first
                     # pass gives it a candidate label and routes it there
@@ -198,24 +217,31 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                         taken.pop(item_id, None)
                     for item in items:
                         answer = taken.get(item.item_id)
+                        route = gate.accept(item.item_id, answer.label, "auto-labeled") if answer else None
                         rows.append({
                             "month": naive_utc(window.start), "item_id": item.item_id, "tier": "auto_label",
                             "provider": "local", "model": "label_model", "prompt_version": labeler.model.version,
                             "label": answer.label if answer else None,
                             "confidence": answer.confidence if answer else None,
                             "raw_confidence": answer.confidence if answer else None,
+                            "signal": answer.confidence if answer else None,
                             "reason": answer.reason if answer else None,
                             "alternatives": json.dumps(answer.alternatives) if answer else None,
                             "reused": False,
-                            "next_step": "accept" if answer else "first_pass",
-                            "route_reason": "auto-labeled" if answer else forced.get(item.item_id) or (
-                                f"below the auto-label threshold {labeler.choice.threshold:.3f}"
-                                if labeler.choice.threshold is not None else f"auto-labeler off: {labeler.choice.reason}"),
+                            "next_step": route.next_step if route else "first_pass",
+                            "audited": bool(route and route.audited),
+                            "route_reason": route.reason if route else forced.get(item.item_id) or _not_taken(
+                                labeler, result, item.item_id),
                         })
-                    accepted_total += len(taken)
                     items_total += len(items)
                     append(conn, "auto_labels", pd.DataFrame(rows))
                     rows = []
+                drifts[month] = recheck(conn, spec, "auto_label", "auto_labels", window, seen)
+            accepted_total, audits = conn.execute(  # after the recheck, which may send accepted items to people
+                "SELECT COUNT(*) FILTER (WHERE next_step = 'accept'), COUNT(*) FILTER (WHERE audited) FROM auto_labels "
+                "WHERE month >= ? AND month < ?",
+                [naive_utc(context.partition_time_window.start), naive_utc(context.partition_time_window.end)],
+            ).fetchone()
         review = spec.human_review
         saved_reviews = accepted_total * review.annotators_per_item
         single = len(versions) == 1
@@ -229,12 +255,14 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                 "threshold": float(labeler.choice.threshold) if labeler.choice.threshold is not None else "none",
                 "items": items_total,
                 "auto_labeled": accepted_total,
+                "audited": audits,  # accepted, sent to people as the audit sample (quality.audit_share)
                 "share_auto_labeled": round(accepted_total / items_total, 4) if items_total else 0.0,
                 "estimated_accuracy": float(labeler.choice.estimated_accuracy or 0) or "n/a",
                 "accuracy_lower_bound": float(labeler.choice.lower_bound or 0) or "n/a",
                 "human_reviews_saved": saved_reviews,
                 "human_usd_saved": round(saved_reviews * review.usd_per_review, 2),
                 "reason": labeler.choice.reason,
+                **drift_metadata(drifts),
             }
         )
 

@@ -104,7 +104,8 @@ def queue_rows(every: pd.DataFrame, queued: pd.DataFrame, texts: pd.Series, defi
 def _review_plan(conn, spec, window: dg.TimeWindow, queued: pd.DataFrame,
                  answered: list[str] = ()) -> dict[str, str] | None:
     """With a monthly review budget smaller than the queue: the items people get (active learning), or
-    None when they can review the whole queue. The others wait in the queue, unexported. Items people
+    None when they can review the whole queue. The others wait in the queue, unexported. Items a rule
+    reserves for people and the stages' audit samples (which check the certificates) come first. Items people
     already answered (`answered`, settled or not) spent budget first: they keep their place (marked
     `answered`), so a rerun after reviews came in does not hand out a fresh budget of new items."""
     budget = spec.human_review.monthly_review_budget
@@ -121,7 +122,7 @@ def _review_plan(conn, spec, window: dg.TimeWindow, queued: pd.DataFrame,
     spent = set(answered)
     required = answered + [item_id for item_id, reason in zip(queued.index, queued["route_reason"])
                            if item_id not in spent
-                           and (reason.startswith("always to people") or reason.startswith("label "))]
+                           and reason.startswith(("always to people", "label ", "audit of "))]
     texts = read_window(conn, "raw_items", window).set_index("item_id")["text"]
     pool = [Item(item_id, texts[item_id], "") for item_id in queued.index]
     plan = plan_reviews(pool, budget, required=required, model=labeler.model if labeler else None,
@@ -156,7 +157,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 done = {item_id for item_id, row in people.items() if row["settled"]}
                 plan = _review_plan(conn, spec, window, queued, answered=sorted(people))
                 stamp = naive_utc(window.start)
-                with ExportWriter(spec.exports_path, month, spec.taxonomy.names, definitions) as export:
+                with ExportWriter(spec.exports_path, month, spec.taxonomy.names, definitions,
+                                  none_label=spec.taxonomy.none_label) as export:
                     for start in range(0, len(queued), storage.CHUNK_ROWS):
                         page = queued.iloc[start : start + storage.CHUNK_ROWS]
                         page_ids = pd.DataFrame({"item_id": page.index})  # noqa: F841 (read by name in the SQL)

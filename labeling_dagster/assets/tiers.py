@@ -11,6 +11,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from labeling_dagster import checks
 from labeling_dagster.assets.common import (
     GROUP,
     MODEL_TIER_TABLES,
@@ -20,8 +21,10 @@ from labeling_dagster.assets.common import (
     markdown_table,
     months_in,
 )
-from labeling_dagster.assets.golden_labels import calibrated, stored_calibrator
+from labeling_dagster.assets.drift import drift_metadata, recheck
+from labeling_dagster.assets.golden_labels import calibrated, stored_calibrator, stored_certificate
 from labeling_dagster.core import routing
+from labeling_dagster.core.gate import signal_of
 from labeling_dagster.core.labels import Answer, Item, PriorAnswer
 from labeling_dagster.core.runner import BudgetExceeded, run_tier
 from labeling_dagster.project import Budget, Project, Scale, TierConfig
@@ -53,7 +56,7 @@ STAGES = [
     Stage(
         "first_pass_labels",
         "first_pass",
-        ["raw_items", "golden_labels", "auto_labels"],
+        ["raw_items", "certificates", "auto_labels"],
         """One row per item of the month the auto-labeler did not accept: the first-pass tier's label, calibrated and raw confidence, reason and
         alternatives (or why it gave none), the call that produced it, and where the item goes next
         (accept, qa, adjudication, human) with the reason. Read by qa_labels, review_queue, final_labels.""",
@@ -61,14 +64,14 @@ STAGES = [
     Stage(
         "qa_labels",
         "qa",
-        ["raw_items", "golden_labels", "first_pass_labels"],
+        ["raw_items", "certificates", "first_pass_labels"],
         """One row per item the first pass sent to QA (QA band, random audit, first-pass failures):
         the QA tier's answer, given the first-pass answer, and where the item goes next.""",
     ),
     Stage(
         "adjudicated_labels",
         "adjudication",
-        ["raw_items", "golden_labels", "first_pass_labels", "qa_labels"],
+        ["raw_items", "certificates", "first_pass_labels", "qa_labels"],
         """One row per item sent to the premium adjudicator (its band, QA disagreements): its answer,
         given the earlier answers, and whether it settles the item or sends it to people.""",
     ),
@@ -147,18 +150,26 @@ def _todo_chunks(stage: Stage, conn, window: dg.TimeWindow, rows: int):
         yield items, prior, answers
 
 
-def _route(stage: Stage, spec: Project, item: Item, answer, failure, earlier) -> routing.Route:
+def stage_gate(spec: Project, conn, window: dg.TimeWindow, role: str) -> routing.StageGate:
+    """What the stage may accept this month: its certificate (quality.gate certified) or the bands."""
+    return routing.StageGate(role, spec.quality.gate, stored_certificate(conn, window, role), spec.quality.audit_share,
+                             spec.taxonomy.none_label)
+
+
+def _route(stage: Stage, spec: Project, item: Item, answer, failure, earlier, gate: routing.StageGate,
+           signal: float | None) -> routing.Route:
     has_qa, has_adjudication = spec.tier("qa") is not None, spec.tier("adjudication") is not None
     if stage.role == "first_pass":
         forced = routing.forced_human(spec.routing, item.text, item.metadata)
         return routing.after_first_pass(
             spec.routing, item.item_id, answer, failure,
-            forced=forced, has_qa=has_qa, has_adjudication=has_adjudication,
+            forced=forced, has_qa=has_qa, has_adjudication=has_adjudication, gate=gate, signal=signal,
         )
     if stage.role == "qa":
         first = next(iter(earlier.values()), None)
-        return routing.after_qa(spec.routing, answer, failure, first, has_adjudication=has_adjudication)
-    return routing.after_adjudication(spec.routing, answer, failure)
+        return routing.after_qa(spec.routing, answer, failure, first, has_adjudication=has_adjudication,
+                                item_id=item.item_id, gate=gate, signal=signal)
+    return routing.after_adjudication(spec.routing, answer, failure, item_id=item.item_id, gate=gate, signal=signal)
 
 
 def _providers(local_model, openai, anthropic, tier: TierConfig | None) -> dict:
@@ -266,6 +277,7 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
             except BudgetExceeded as exc:  # budget.on_exceeded: fail; a retry would fail the same way
                 raise dg.Failure(f"{shard.month} shard {shard.index + 1}/{shard.count}: {exc}", allow_retries=False) from exc
             calibrator = stored_calibrator(conn, window, tier.name, result.version)
+            gate = stage_gate(spec, conn, window, stage.role)
             rows = []
             for item in todo:
                 raw = result.answers.get(item.item_id)
@@ -275,7 +287,10 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
                 if failure:
                     kind = _failure_kind(failure)
                     failure_reasons[kind] = failure_reasons.get(kind, 0) + 1
-                route = _route(stage, spec, item, answer, failure, earlier.get(item.item_id, {}))
+                before = earlier.get(item.item_id, {})
+                signal = signal_of(tier, raw.label if raw else None, raw.confidence if raw else None,
+                                   [a.label if a else None for a in before.values()])
+                route = _route(stage, spec, item, answer, failure, before, gate, signal)
                 routes[route.next_step] = routes.get(route.next_step, 0) + 1
                 call_id = result.call_of.get(item.item_id)
                 rows.append({
@@ -289,6 +304,7 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
                     "alternatives": json.dumps(answer.alternatives) if answer else None,
                     "failure": failure, "call_id": call_id, "reused": call_id in result.reused_calls,
                     "next_step": route.next_step, "route_reason": route.reason,
+                    "signal": signal, "audited": route.audited,
                 })
             append(conn, stage.asset, pd.DataFrame(rows))
             totals["items"] += len(todo)
@@ -338,7 +354,8 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage, scale: Scale) -> dg
         providers = _providers(local_model, openai, anthropic, spec.tier(stage.role))
         return _label_shard(stage, spec, shard, providers, context.run.run_id, context.log)
 
-    @dg.op(name=f"{stage.asset}_collect", out=dg.Out(dg.Nothing), pool=WAREHOUSE_POOL, tags={WRITER_TAG: "1"})
+    @dg.op(name=f"{stage.asset}_collect", out={"result": dg.Out(dg.Nothing), "signal_check": dg.Out(dg.Nothing)},
+           pool=WAREHOUSE_POOL, tags={WRITER_TAG: "1"})
     def collect(context: dg.OpExecutionContext, results: list[dict], project: ProjectResource, warehouse: Warehouse):
         spec = project.load()
         tier = spec.tier(stage.role)
@@ -354,13 +371,18 @@ def build(partitions: dg.PartitionsDefinition, stage: Stage, scale: Scale) -> dg
                         "merged; run the month again: stored calls are reused."
                     )
                 shards.collect(conn, shard)
-        context.add_output_metadata(_metadata(tier, results))
+            # once the whole month is in: does it still look like the golden items its certificate was measured on?
+            drifts = {month: recheck(conn, spec, stage.role, stage.asset, window)
+                      for month, window in months_in(context.partition_time_window)}
+            yield dg.Output(None, "result", metadata={**_metadata(tier, results), **drift_metadata(drifts)})
+            yield checks.confidence_signal_present(conn, context.partition_time_window, stage.asset)
 
     @dg.graph_asset(name=stage.asset, description=stage.doc, ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in stage.upstream},
                     partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
-                    kinds={"duckdb"})
+                    kinds={"duckdb"}, check_specs=[checks.confidence_signal_spec(stage.asset)])
     def tier_labels(**upstream):
-        return collect(plan(**upstream).map(label_shard).collect())
+        result, check = collect(plan(**upstream).map(label_shard).collect())
+        return {"result": result, f"{stage.asset}_{checks.CONFIDENCE_SIGNAL}": check}
 
     return tier_labels
 

@@ -169,7 +169,8 @@ def salvage(conn: duckdb.DuckDBPyConnection, folder: Path, asset: str, month: st
 
 def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, earlier_tables: list[str],
            provider: str, model: str) -> None:
-    """Write the shard file: the shard's items, their earlier answers, the month's calibrations, and the
+    """Write the shard file: the shard's items, their earlier answers, the month's calibrations and
+    certificates, and the
     stored calls of the tier's provider and model whose first item falls in the shard's range, whatever
     their month or tier name (the call cache's key has neither): those the shard may reuse."""
     path = Path(spec.path)
@@ -190,8 +191,8 @@ def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, e
                 f"INSERT INTO shard.{table} BY NAME SELECT * FROM {table} WHERE month >= ? AND month < ? "
                 f"AND {spec.in_range()} AND item_id IN (SELECT item_id FROM shard.raw_items)", window,
             )
-        conn.execute("INSERT INTO shard.calibrations BY NAME SELECT * FROM calibrations WHERE month >= ? AND month < ?",
-                     window)
+        for table in ("calibrations", "certificates"):
+            conn.execute(f"INSERT INTO shard.{table} BY NAME SELECT * FROM {table} WHERE month >= ? AND month < ?", window)
         # Calls stored before first_item was recorded have none: every shard may reuse them. Calls that
         # answered nothing come too, so that a new attempt at the same request gets a call id of its own.
         conn.execute(
@@ -211,7 +212,8 @@ def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, e
 
 
 def fingerprint(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, earlier_tables: list[str]) -> str:
-    """What the shard's labels depend on in the warehouse: its items and their earlier tiers' answers.
+    """What the shard's labels depend on in the warehouse: its items, their earlier tiers' answers and
+    the month's certificates.
     The collect step compares it with the plan's, so a re-execution never merges labels of inputs that
     changed in between (e.g. the first pass rematerialized before a failed QA run is re-executed)."""
     window = [naive_utc(spec.start), naive_utc(spec.end)]
@@ -222,6 +224,9 @@ def fingerprint(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: s
         parts.append(conn.execute(
             f"SELECT COUNT(*), COALESCE(bit_xor(hash(item_id, tier, label, raw_confidence, reason, next_step)), 0) "
             f"FROM {table} WHERE month >= ? AND month < ? AND {spec.in_range()}", window).fetchone())
+    parts.append(conn.execute(  # the thresholds the shard routes by
+        "SELECT COUNT(*), COALESCE(bit_xor(hash(stage, threshold, passed, gate)), 0) FROM certificates "
+        "WHERE month >= ? AND month < ?", window).fetchone())
     return ";".join(f"{count}:{digest}" for count, digest in parts)
 
 

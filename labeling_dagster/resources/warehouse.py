@@ -31,8 +31,11 @@ from labeling_dagster.core.runner import CallRecord, ItemRecord
 LABEL_COLUMNS = """
     month TIMESTAMP, item_id VARCHAR, tier VARCHAR, provider VARCHAR, model VARCHAR, prompt_version VARCHAR,
     label VARCHAR, confidence DOUBLE, raw_confidence DOUBLE, calibration_version VARCHAR, reason VARCHAR,
-    alternatives VARCHAR, failure VARCHAR, call_id VARCHAR, reused BOOLEAN, next_step VARCHAR, route_reason VARCHAR
+    alternatives VARCHAR, failure VARCHAR, call_id VARCHAR, reused BOOLEAN, next_step VARCHAR, route_reason VARCHAR,
+    signal DOUBLE, audited BOOLEAN
 """
+# signal: the number the stage's certificate compares (core/gate.signal_of); audited: the stage would
+# accept the item, and it went to people as the stage's audit sample (label is what the stage accepted)
 
 TABLES = {
     "raw_items": """month TIMESTAMP, item_id VARCHAR, text VARCHAR, metadata VARCHAR, content_hash VARCHAR,
@@ -45,7 +48,14 @@ TABLES = {
     "golden_set": """item_id VARCHAR, text VARCHAR, label VARCHAR, content_hash VARCHAR, in_golden_sample BOOLEAN""",
     "golden_labels": """month TIMESTAMP, item_id VARCHAR, tier VARCHAR, role VARCHAR, provider VARCHAR,
         model VARCHAR, prompt_version VARCHAR, gold VARCHAR, label VARCHAR, raw_confidence DOUBLE,
-        confidence DOUBLE, correct BOOLEAN, failure VARCHAR, forced_human BOOLEAN, call_id VARCHAR, reused BOOLEAN""",
+        confidence DOUBLE, correct BOOLEAN, failure VARCHAR, forced_human BOOLEAN, call_id VARCHAR, reused BOOLEAN,
+        signal DOUBLE, reached BOOLEAN, outcome VARCHAR""",
+    # per month and stage, the certified accept threshold and the evidence behind it (core/certify.py);
+    # reference: the signal values and labels of the calibration items behind it (for the drift tests)
+    "certificates": """month TIMESTAMP, stage VARCHAR, tier VARCHAR, model VARCHAR, prompt_version VARCHAR,
+        signal VARCHAR, threshold DOUBLE, items INTEGER, accepted INTEGER, correct INTEGER, bound DOUBLE,
+        target DOUBLE, delta DOUBLE, passed BOOLEAN, gate VARCHAR, reason VARCHAR, audit_share DOUBLE,
+        drift VARCHAR, recheck BOOLEAN, reference VARCHAR""",
     "calibrations": """month TIMESTAMP, tier VARCHAR, model VARCHAR, prompt_version VARCHAR, method VARCHAR,
         version VARCHAR, calibrator VARCHAR, golden_answers INTEGER, ece_raw DOUBLE, ece_calibrated DOUBLE""",
     "quality_report": """month TIMESTAMP, section VARCHAR, tier VARCHAR, name VARCHAR, value DOUBLE, detail VARCHAR""",
@@ -55,7 +65,7 @@ TABLES = {
         reviews_still_needed INTEGER""",
     "label_models": """version VARCHAR, trained_at TIMESTAMP, features VARCHAR, training_size INTEGER, held_out INTEGER,
         classes INTEGER, threshold DOUBLE, estimated_coverage DOUBLE, estimated_accuracy DOUBLE,
-        accuracy_lower_bound DOUBLE, reason VARCHAR, curve VARCHAR, path VARCHAR""",
+        accuracy_lower_bound DOUBLE, reason VARCHAR, curve VARCHAR, path VARCHAR, novelty_floor DOUBLE""",
     "human_reviews": """month TIMESTAMP, item_id VARCHAR, annotator_id VARCHAR, label VARCHAR, seconds DOUBLE,
         submitted_at TIMESTAMP, source_file VARCHAR, file_hash VARCHAR""",
     "review_imports": """month TIMESTAMP, source_file VARCHAR, file_hash VARCHAR, rows_ingested INTEGER,
