@@ -1,6 +1,7 @@
 """Cost estimates against the public figures they must reproduce: the labeling-cost guide's per-model
 table, routed pipeline and four scenarios (shared/seeds/000), and the Ground Truth price guide's
-tables (shared/seeds/004). Plus the `labeling estimate` command's JSON shape and its errors."""
+tables (shared/seeds/004). Plus the `labeling estimate` command's JSON shape and its errors, and the
+month's bill of a project under its certified bands."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from labeling_dagster.core.estimate import (
     usd_per_item,
 )
 from labeling_dagster.core.pricing import ModelPrice, builtin_catalog, call_usd
+from tests.conftest import write_tiny_project
+from tests.test_recommend import CLI_QUALITY, cli_golden_set, write_golden_run
 
 MIXES = Path(__file__).resolve().parents[1] / "examples" / "mixes"
 D = Decimal
@@ -487,3 +490,22 @@ def test_a_price_override_in_the_mix_replaces_the_catalog_entry():
     raw = load_mix(MIXES / "routed_pipeline.yaml").model_dump()
     raw["prices"] = {"gpt-5-nano": ModelPrice(input=0.10, output=0.80).model_dump()}
     assert cents(estimate_mix(parse_mix(raw), builtin_catalog()).layer("first_pass").usd) == D("102")
+
+
+def test_project_estimate_bills_the_certified_bands_and_leads_with_the_held_out_figure(tmp_path):
+    root = write_tiny_project(tmp_path / "tiny", extra_yaml=CLI_QUALITY)
+    write_golden_run(root, cli_golden_set())
+    bill = json.loads(_run("--project", str(root), "--month", "2026-08", "--json").output)
+    # Both band sets are routed with the certificates their bands get on the golden path.
+    assert bill["gate"] == "certified"
+    for side in ("current", "recommended"):
+        assert bill[side]["gate"] == "certified" and bill[side]["certificates"]["first_pass"]["passed"]
+        assert "expected_accuracy" not in bill[side]
+        assert bill[side]["expected_accuracy_people_counted_right"] == 1.0 and bill[side]["accepted_accuracy"] == 1.0
+    assert bill["recommendation_summary"][0].startswith("held out: bands chosen the same way on")
+    assert bill["held_out"]["held_out"]["accepted_accuracy"] == 1.0
+
+    shown = _run("--project", str(root), "--month", "2026-08")
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.index("held out: bands chosen") < shown.output.index("in-sample accuracy, people counted right")
+    assert "expected accuracy" not in shown.output

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
@@ -33,7 +34,8 @@ def calibrated_project(tiny_project: Path) -> Path:
 
 def test_golden_run_calibrates_the_tiers_and_the_report_recommends(calibrated_project: Path, tmp_path: Path) -> None:
     warehouse = tmp_path / "w.duckdb"
-    assert run_month(calibrated_project, warehouse).success
+    result = run_month(calibrated_project, warehouse)
+    assert result.success
     golden_items = table(warehouse, "SELECT COUNT(DISTINCT item_id) FROM golden_labels")[0][0]
     assert golden_items >= 60
     assert table(warehouse, "SELECT tier, COUNT(*) FROM golden_labels GROUP BY 1 ORDER BY 1") == [
@@ -51,6 +53,12 @@ def test_golden_run_calibrates_the_tiers_and_the_report_recommends(calibrated_pr
     sections = dict(table(warehouse, "SELECT section, COUNT(*) FROM quality_report GROUP BY 1"))
     assert sections["accuracy"] == 2 and sections["calibration"] == 4 and sections["recommended_bands"] == 5
     assert sections["agreement"] >= 1 and sections["label_recall"] >= 3
+    # The month's own evidence: a certificate per stage, the share of each label, and the check on them.
+    assert sections["certificate"] == table(warehouse, "SELECT COUNT(*) FROM certificates")[0][0] > 0
+    labeled = table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE status = 'labeled'")[0][0]
+    assert sections.get("prevalence", 0) == (3 if labeled else 0)  # shares of the labeled items only
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.asset_key == dg.AssetKey("quality_report")]
+    assert check.check_name == "accepted_labels_meet_target" and check.passed  # no audit answer, no held-out item yet
     # The golden run's calls are costed in the ledger (zero USD for local tiers) on their own rows.
     assert {tier for (tier,) in table(warehouse, "SELECT tier FROM cost_ledger WHERE tier LIKE 'golden_run:%'")} == {
         "golden_run:first_pass", "golden_run:qa"}

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from labeling_dagster.cli.summary import month_summary, summary_frame
+from labeling_dagster.cli.summary import closing_lines, month_summary, summary_frame
 from labeling_dagster.project import Project, ProjectFileError, load_project
 from labeling_dagster.resources.warehouse import (
     WarehouseError,
@@ -111,7 +111,8 @@ def load(project_path: str) -> Project:
 
 def print_summary(project: Project, warehouse: str, months: list[str], console: Console) -> None:
     with open_warehouse(warehouse) as conn:
-        frame = summary_frame([month_summary(conn, project, month) for month in months])
+        summaries = [month_summary(conn, project, month) for month in months]
+    frame = summary_frame(summaries)
     table = Table(title=f"{project.name}: monthly summary", title_justify="left")
     table.add_column("")
     for month in frame.columns:
@@ -119,6 +120,8 @@ def print_summary(project: Project, warehouse: str, months: list[str], console: 
     for name, values in frame.iterrows():
         table.add_row(name, *[str(value) for value in values])
     console.print(table)
+    for line in closing_lines(summaries):
+        console.print(escape(line), style="bold red" if "MISSED" in line else None)
 
 
 def first_error(result: ExecutionResult) -> str:

@@ -161,11 +161,17 @@ def _project_estimate(project_path: str | None, month: str | None, warehouse: st
                                                "ledger_ratio", "corrected_input_tokens_per_item")])
     console.print(tokens if bill["tokens"] else "no paid tier: every tier is local (USD 0 per call)")
     console.print(bill["token_approximation"])
+    console.print(f"recommended bands ({bill['gate']} gate):", markup=False)
+    for line in bill["recommendation_summary"]:  # held out first, as `labeling recommend` prints it
+        console.print(f"  {line}", markup=False)
     table = Table(title=f"{bill['items']:,} items: the month's bill by band set", title_justify="left")
     for column in ("", "current", "recommended"):
         table.add_column(column, justify="right" if column else "left")
     current, chosen = bill["current"], bill["recommended"]
-    table.add_row("expected accuracy", f"{current['expected_accuracy']:.3f}", f"{chosen['expected_accuracy']:.3f}")
+    table.add_row("in-sample accuracy, people counted right", *[
+        f"{o['expected_accuracy_people_counted_right']:.3f}" for o in (current, chosen)])
+    table.add_row("in-sample accuracy of accepted labels", *[
+        "–" if o["accepted_accuracy"] is None else f"{o['accepted_accuracy']:.3f}" for o in (current, chosen)])
     for layer, usd in current["usd_per_item_by_layer"].items():
         table.add_row(f"USD {layer}", f"{usd * bill['items']:,.2f}", f"{chosen['usd_per_item_by_layer'][layer] * bill['items']:,.2f}")
     table.add_row("USD total", f"{current['usd_per_month']:,.2f}", f"{chosen['usd_per_month']:,.2f}")
@@ -228,7 +234,8 @@ def _project_estimate(project_path: str | None, month: str | None, warehouse: st
 )
 @click.option("--project", "project_path", type=click.Path(exists=True), default=None,
               help="With --month: token counts of the real prompts for the month's items, and the month's "
-              "bill under the current and the recommended bands (needs the month's golden run).")
+              "bill under the current and the recommended bands, routed as the project's quality.gate routes "
+              "them (needs the month's golden run).")
 @click.option("--month", default=None, help="The month, YYYY-MM, with --project.")
 @WAREHOUSE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
