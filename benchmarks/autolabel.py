@@ -1,8 +1,10 @@
 """Auto-labeling coverage at a target accuracy, with human labels chosen at random or by active learning.
 
 The stream (train.csv) is labeled by a SIMULATED annotator that answers with the gold label; the
-auto-labeler trained on those labels is then measured on test.csv. Run:
-python -m benchmarks.autolabel --out FILE.json [--data DIR] [--quick]
+auto-labeler trained on those labels is then measured on test.csv: each row says whether its accepted
+items met the target there (`target_met`), and the report counts the rows that did not. `--rule scan`
+chooses thresholds by the rule before issue 13 (benchmarks.certify.scan_threshold) for comparison. Run:
+python -m benchmarks.autolabel --out FILE.json [--data DIR] [--quick] [--rule fixed_sequence|scan]
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.certify import scan_threshold
 from labeling_dagster.core.autolabel import (
     FEATURES,
+    MIN_TRAINING_SIZE,
+    ThresholdChoice,
+    accuracy_lower_bound,
     choose_threshold,
     cross_fit,
     embeddings_available,
@@ -36,6 +42,29 @@ SEED_BATCH = 500  # the first human labels of an active run, drawn at random: no
 ROUND = 250  # labels per active-learning round; the model is retrained between rounds
 AUDIT_SHARE = 0.2  # of each round drawn at random, like Ground Truth's random validation split
 HOURLY_RATE_USD, REVIEWS_PER_HOUR = 25.0, 300.0  # in-house reviewers, shared/seeds/000
+RULES = {
+    "fixed_sequence": "core.autolabel.choose_threshold: fixed-sequence testing (core.certify.certify), strictest "
+    "threshold first, one-sided 95% Clopper-Pearson lower bound >= target, stop at the first failure",
+    "scan": "BASELINE, the rule before issue 13 (benchmarks.certify.scan_threshold): the lowest threshold whose "
+    "out-of-fold held-out accuracy has a one-sided 95% Clopper-Pearson lower bound >= target, with at least 50 "
+    "accepted held-out items, every threshold tested at once",
+}
+
+
+def threshold_choice(
+    rule: str, confidences: np.ndarray, correct: np.ndarray, target: float, n: int
+) -> ThresholdChoice:
+    """The threshold by `rule` on the out-of-fold answers (both refuse below MIN_TRAINING_SIZE labels)."""
+    choice = choose_threshold(confidences, correct, target, training_size=n)
+    if rule == "fixed_sequence" or n < MIN_TRAINING_SIZE:
+        return choice
+    threshold = scan_threshold(confidences, correct, target)
+    if threshold is None:
+        return ThresholdChoice(None, 0.0, None, None, 0, len(confidences), target, 0.95, "scan: no threshold passes")
+    accepted = confidences >= threshold
+    hits, total = int(correct[accepted].sum()), int(accepted.sum())
+    return ThresholdChoice(threshold, total / len(confidences), hits / total, accuracy_lower_bound(hits, total, 0.95),
+                           total, len(confidences), target, 0.95, f"scan: accept confidence >= {threshold:.4f}")
 
 
 def load_split(data_dir: Path, name: str) -> pd.DataFrame:
@@ -93,6 +122,7 @@ def evaluate(
     seed: int,
     folds: int,
     workers: int,
+    rule: str = "fixed_sequence",
 ) -> list[dict[str, Any]]:
     texts, gold = stream.text.tolist(), np.asarray(stream.category.tolist(), dtype=object)
     truth = np.asarray(test.category.tolist(), dtype=object)
@@ -112,7 +142,7 @@ def evaluate(
             stream_pred, stream_conf = model.predict([texts[i] for i in unlabeled])
             stream_right = np.asarray(stream_pred, dtype=object) == gold[unlabeled]
             for target in TARGETS:
-                choice = choose_threshold(fit.confidences, fit.correct, target, training_size=n)
+                choice = threshold_choice(rule, fit.confidences, fit.correct, target, n)
                 auto = test_conf >= choice.threshold if choice.threshold is not None else np.zeros(len(test), bool)
                 coverage = float(auto.mean())
                 accuracy_auto = float(test_right[auto].mean()) if auto.any() else None
@@ -125,12 +155,13 @@ def evaluate(
                         "selection": selection,
                         "features": features,
                         "target_accuracy": target,
+                        "rule": rule,
                         "threshold": None if choice.threshold is None else round(choice.threshold, 4),
                         "coverage": round(coverage, 4),
                         "accuracy_auto": None if accuracy_auto is None else round(accuracy_auto, 4),
                         # People are assumed to answer every item the model did not take correctly.
                         "accuracy_overall": round(coverage * (accuracy_auto or 0.0) + (1 - coverage), 4),
-                        "target_met": accuracy_auto is not None and accuracy_auto >= target,
+                        "target_met": accuracy_auto is None or accuracy_auto >= target,
                         "model_accuracy_all_test": round(float(test_right.mean()), 4),
                         "held_out_labels": int(sum(held_out)),
                         "estimated_accuracy": choice.estimated_accuracy and round(choice.estimated_accuracy, 4),
@@ -179,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", help=f"comma-separated, from {FEATURES}; default: all that are installed")
     parser.add_argument("--workers", type=int, default=3, help="Ground Truth workers per item (default 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rule", choices=sorted(RULES), default="fixed_sequence",
+                        help="threshold rule: fixed_sequence (production) or scan (the rule before issue 13)")
     args = parser.parse_args(argv)
 
     stream, test = load_split(args.data, "train.csv"), load_split(args.data, "test.csv")
@@ -201,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         f"features {features}",
         file=sys.stderr,
     )
-    rows = [row for f in features for row in evaluate(stream, test, f, checkpoints, args.seed, folds, args.workers)]
+    rows = [row for f in features
+            for row in evaluate(stream, test, f, checkpoints, args.seed, folds, args.workers, args.rule)]
+    missed = [row for row in rows if not row["target_met"]]
     gt_price = ground_truth_prices().task("text_classification").usd_per_object
     report = {
         "dataset": str(args.data),
@@ -209,8 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         "test_items": len(test),
         "annotator": "simulated: every human label is the gold category of the stream item",
         "overall_accuracy_assumes": "people label every item the model did not accept, correctly",
-        "threshold_rule": "lowest threshold whose out-of-fold held-out accuracy has a one-sided 95% "
-        "Clopper-Pearson lower bound >= target, with at least 50 accepted held-out items",
+        "threshold_rule": args.rule,
+        "threshold_rule_text": RULES[args.rule],
+        "target_met": "accuracy on test.csv of the items accepted there >= the row's target (a row that accepts "
+        "nothing meets it: people label every item)",
+        "rows_missing_target": len(missed),
+        "rows_accepting": sum(row["threshold"] is not None for row in rows),
+        "rows_missing": [f"{r['features']} {r['selection']} {r['human_labels']} labels, target {r['target_accuracy']}: "
+                         f"{r['accuracy_auto']} on {r['coverage']:.1%}" for r in missed],
         "active_learning": f"random seed batch of {SEED_BATCH}, then rounds of {ROUND}: {AUDIT_SHARE:.0%} random "
         "(the held-out audit), the rest margin sampling with class balance",
         "cost_basis": {
@@ -225,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     print(_table(rows))
+    print(f"rule {args.rule}: {len(missed)} of {len(rows)} rows miss their target on test.csv "
+          f"({report['rows_accepting']} accept anything)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
