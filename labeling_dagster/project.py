@@ -255,7 +255,9 @@ class AutoLabel(_Strict):
 
     enabled: bool = False
     features: Literal["tfidf", "embeddings", "tfidf+embeddings"] = "tfidf"
-    target_accuracy: float = Field(default=0.95, gt=0, le=1)
+    target_accuracy: float | None = Field(
+        default=None, gt=0, le=1, description="the auto-labeler's own target; default quality.target_accuracy"
+    )
     min_training_size: int = Field(default=1000, ge=1)
     include_agreed_model_labels: bool = Field(
         default=False, description="also train on items QA settled by agreeing with the first pass"

@@ -149,13 +149,38 @@ def test_a_month_that_drifted_from_its_calibration_data_is_rechecked(tmp_path: P
     assert found.shifted is shifted and json.loads(stored)["shifted"] is shifted
     expected = {f"m{i:04d}" for i in range(600)
                 if bucket(f"m{i:04d}", "audit:first_pass:") < project.quality.recheck_audit_share}
+    with connect(path) as conn:
+        steps = dict(conn.execute("SELECT next_step, COUNT(*) FROM first_pass_labels GROUP BY 1").fetchall())
+        reasons = {r for (r,) in conn.execute("SELECT route_reason FROM first_pass_labels WHERE next_step = 'qa'").fetchall()}
     if shifted:
         assert recheck_flag and share == project.quality.recheck_audit_share
         assert {item for item, _ in audited} == expected and 30 < len(expected) < 90  # ~10% of 600
         assert all(reason.startswith("audit of first_pass (recheck") for _, reason in audited)
         assert "Kolmogorov-Smirnov" in found.reason
+        # the stage accepts nothing more until the recheck is answered: the rest goes up to QA
+        assert steps == {"human": len(expected), "qa": 600 - len(expected)}
+        assert all(reason.startswith("held: first_pass accepted") for reason in reasons)
+        assert json.loads(stored)["held"] == 600 - len(expected)
     else:
         assert not recheck_flag and share == project.quality.audit_share and audited == []
+        assert steps == {"accept": 600}
+
+
+def test_a_recheck_people_confirmed_lets_the_stage_accept_again(tmp_path: Path):
+    rng = np.random.default_rng(11)
+    path, project = _recheck_warehouse(tmp_path, 0.5 + 0.2 * rng.random(600))
+    window = dg.TimeWindow(datetime(2026, 3, 1), datetime(2026, 4, 1))
+    sample = [f"m{i:04d}" for i in range(600)
+              if bucket(f"m{i:04d}", "audit:first_pass:") < project.quality.recheck_audit_share]
+    with connect(path) as conn:  # people settled the recheck sample, agreeing with the first pass
+        for item in sample:
+            conn.execute("INSERT INTO review_consensus (month, item_id, label, settled) VALUES ('2026-03-01', ?, ?, TRUE)",
+                         [item, "abc"[int(item[1:]) % 3]])
+        found = recheck(conn, project, "first_pass", "first_pass_labels", window)
+        steps = dict(conn.execute("SELECT next_step, COUNT(*) FROM first_pass_labels GROUP BY 1").fetchall())
+        stored = json.loads(conn.execute("SELECT drift FROM certificates").fetchone()[0])
+    assert found.shifted and stored["recheck_confirmed"] and stored["held"] == 0
+    assert steps == {"human": len(sample), "accept": 600 - len(sample)}  # the sample stays with people
 
 
 # --------------------------------------------------------------------------- through Dagster
@@ -202,3 +227,56 @@ def test_without_a_certifiable_golden_set_no_model_accepts_anything(tiny_project
     assert table(warehouse, "SELECT COUNT(*) FROM final_labels WHERE status = 'labeled'") == [(0,)]
     reasons = [reason for (reason,) in table(warehouse, "SELECT route_reason FROM first_pass_labels")]
     assert any("first_pass has no certified threshold this month" in reason for reason in reasons)
+
+
+def test_adjudication_is_certified_on_what_its_production_prompt_shows():
+    """An item in the adjudication band goes from the first pass straight to adjudication: its
+    agreement signal counts the first pass only, as its production row does, not QA's answer."""
+    project = Project.model_validate({
+        "name": "sim", "taxonomy": {"labels": [{"name": n} for n in ("a", "b")]},
+        "source": {"path": "x/{month}.csv", "start_month": "2026-01"},
+        "tiers": [{"name": "fp", "role": "first_pass", "provider": "openai", "model": "gpt-5-nano"},
+                  {"name": "qa", "role": "qa", "provider": "openai", "model": "gpt-5-mini"},
+                  {"name": "adj", "role": "adjudication", "provider": "openai", "model": "gpt-5.2",
+                   "confidence": {"signal": "agreement"}}],
+        "routing": {"accept_at": 0.9, "qa_at": 0.6, "adjudicate_at": 0.1, "qa_accept_at": 0.0},
+        "budget": {"monthly_usd": 1}, "quality": {"calibration": "none"},
+    })
+    n = 100
+    fp_conf = [0.7] * 50 + [0.3] * 50  # the first half goes to QA, the second straight to adjudication
+    answers = {
+        "first_pass": TierAnswers(project.tiers[0], ["a"] * n, fp_conf),
+        "qa": TierAnswers(project.tiers[1], ["b"] * n, [0.9] * n),  # QA disagrees with the first pass
+        "adjudication": TierAnswers(project.tiers[2], ["a"] * n, [0.9] * n),
+    }
+    path = certify_golden_path(project, ["a"] * n, answers, auto_accepted=[False] * n, forced=[False] * n,
+                               item_ids=[f"g{i}" for i in range(n)])
+    adjudication = path.stages["adjudication"]
+    assert adjudication.reached.all()  # QA's disagreements and the adjudication band
+    assert path.stages["qa"].reached[:50].all() and not path.stages["qa"].reached[50:].any()
+    assert adjudication.signal[:50] == [0.5] * 50  # agrees with the first pass, not with QA
+    assert adjudication.signal[50:] == [1.0] * 50  # only the first pass is shown: full agreement
+
+
+def test_the_auto_labeler_never_accepts_a_label_reserved_for_people():
+    from labeling_dagster.assets.label_model import auto_accepts
+    from labeling_dagster.core.autolabel import build_auto_labeler
+    from labeling_dagster.core.labels import Item, content_hash
+
+    texts = [f"{text} please {n}" for texts in LABELS.values() for text in texts for n in range(8)]
+    labels = [label for label, texts in LABELS.items() for _ in texts for _ in range(8)]
+    labeler = build_auto_labeler(texts, labels, target_accuracy=0.9, min_training_size=10, min_count=10,
+                                 novelty_quantile=None)
+    assert labeler.choice.threshold is not None
+    every_text = [text for texts in LABELS.values() for text in texts]
+    items = [Item(f"i{n}", f"{text} please 1", content_hash(text)) for n, text in enumerate(every_text)]
+    spec = Project.model_validate({
+        "name": "x", "taxonomy": {"labels": [{"name": label} for label in LABELS]},
+        "source": {"path": "x/{month}.csv", "start_month": "2026-01"},
+        "tiers": [{"name": "fp", "role": "first_pass", "provider": "openai", "model": "gpt-5-nano"}],
+        "routing": {"always_human_labels": ["card_lost"]}, "budget": {"monthly_usd": 1},
+    })
+    result, taken, passed_on = auto_accepts(labeler, items, spec)
+    sure_of_card_lost = [a.item_id for a in result.accepted if a.label == "card_lost"]
+    assert sure_of_card_lost and not any(answer.label == "card_lost" for answer in taken.values())
+    assert all(passed_on[item].startswith("label card_lost always goes to people") for item in sure_of_card_lost)

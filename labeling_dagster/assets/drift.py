@@ -1,12 +1,15 @@
 """The recheck: when a stage's month no longer looks like the golden items its certificate was measured
-on, a larger share of what it accepted goes to people before it counts.
+on, it accepts nothing more until people have checked a larger sample of what it accepted.
 
 Run by each stage's own step once the month's labels are in (auto_labels; a model tier's collect
 step): its signal values and predicted labels are compared with the certificate's reference
-(core/shift.drift, at quality.shift_alpha). On a shift the audit share of the month rises to
+(core/shift.drift, at quality.shift_alpha). On a shift the month's audit share rises to
 quality.recheck_audit_share: accepted items whose audit bucket falls under it (core/routing; the
-first audit_share of them were already audited) are sent to people, and the certificate row records
-the test, the recheck and the new share. Deterministic by item id, so a rerun rechecks the same items.
+first audit_share of them were already audited) go to people, and the stage's other accepts are held:
+they go up to the next stage (or people) as if the stage had no certificate. Once people have settled
+at least quality.min_certify_items of the recheck sample at the target or better, a run of the month
+again keeps the stage's accepts. The certificate row records the test, the recheck, the new share and
+what was held. Deterministic by item id, so a rerun rechecks and holds the same items.
 """
 
 from __future__ import annotations
@@ -40,19 +43,49 @@ def recheck(conn, spec: Project, stage: str, table: str, window: dg.TimeWindow,
                   alpha=spec.quality.shift_alpha, min_items=spec.quality.min_certify_items)
     share = spec.quality.recheck_audit_share if found.shifted else spec.quality.audit_share
     gate = StageGate(stage, audit_share=share)
-    taken = rows[(rows["next_step"] == "accept") & rows["item_id"].map(gate.audits)]
+    sample = rows["item_id"].map(gate.audits) & rows["next_step"].isin(["accept", "human"])
+    taken = rows[(rows["next_step"] == "accept") & sample]
+    held = rows[(rows["next_step"] == "accept") & ~sample]
+    confirmed = _recheck_answered(conn, spec, table, month, rows[sample]) if found.shifted else None
     with transaction(conn):
         if found.shifted and len(taken):
-            chosen = pd.DataFrame({"item_id": taken["item_id"]})  # noqa: F841 (read by name in the SQL below)
-            conn.execute(
-                f"""UPDATE {table} SET next_step = 'human', audited = TRUE,
-                    route_reason = 'audit of {stage} (recheck: the month drifted from its calibration data): it '
-                                   || 'accepted ' || label || '; people check it'
-                    WHERE month = ? AND item_id IN (SELECT item_id FROM chosen)""", [month])
+            _set(conn, table, month, taken, "human", True,
+                 f"'audit of {stage} (recheck: the month drifted from its calibration data): it accepted ' || label "
+                 "|| '; people check it'")
+        if found.shifted and not confirmed and len(held):
+            up = upward(spec, stage)
+            _set(conn, table, month, held, up, False,
+                 f"'held: {stage} accepted ' || label || ' but its month drifted from its calibration data; it "
+                 f"accepts again once its recheck audit is answered (then run the month again); goes to {up}'")
         conn.execute(
             "UPDATE certificates SET drift = ?, recheck = ?, audit_share = ? WHERE month = ? AND stage = ?",
-            [json.dumps(found.as_dict()), found.shifted, share, month, stage])
+            [json.dumps({**found.as_dict(), "held": int(found.shifted and not confirmed) * len(held),
+                         "recheck_confirmed": confirmed}), found.shifted, share, month, stage])
     return found
+
+
+def upward(spec: Project, stage: str) -> str:
+    """Where an item the stage may not accept goes: the next stage the project has, else people."""
+    later = {"auto_label": ["first_pass", "qa", "adjudication"], "first_pass": ["qa", "adjudication"],
+             "qa": ["adjudication"], "adjudication": []}[stage]
+    return next((role for role in later if spec.tier(role) is not None), "human")
+
+
+def _recheck_answered(conn, spec: Project, table: str, month, sample: pd.DataFrame) -> bool:
+    """Whether people's settled answers on the recheck sample confirm the stage this month: at least
+    quality.min_certify_items of them, right at the target or better."""
+    chosen = sample[["item_id", "label"]]  # noqa: F841 (read by name in the SQL below)
+    answered, right = conn.execute(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE c.label = s.label) FROM chosen s JOIN review_consensus c "
+        "ON c.item_id = s.item_id AND c.month = ? AND c.settled", [month]).fetchone()
+    return answered >= spec.quality.min_certify_items and right / answered >= spec.quality.target_accuracy
+
+
+def _set(conn, table: str, month, rows: pd.DataFrame, step: str, audited: bool, reason_sql: str) -> None:
+    chosen = pd.DataFrame({"item_id": rows["item_id"]})  # noqa: F841 (read by name in the SQL below)
+    conn.execute(
+        f"UPDATE {table} SET next_step = ?, audited = ?, route_reason = {reason_sql} "
+        "WHERE month = ? AND item_id IN (SELECT item_id FROM chosen)", [step, audited, month])
 
 
 def drift_metadata(found: dict[str, Drift | None]) -> dict:

@@ -4,14 +4,14 @@ cascade as the month's items are (core/gate.py), so each tier is calibrated and 
 certified on the golden items that reach it, not on the whole sample."""
 
 import json
+from dataclasses import replace
 
 import dagster as dg
 import pandas as pd
 
 from labeling_dagster.assets.common import GROUP, WAREHOUSE_POOL, WRITER_TAG, markdown_table, months_in
-from labeling_dagster.assets.label_model import month_auto_labeler
+from labeling_dagster.assets.label_model import auto_accepts, month_auto_labeler
 from labeling_dagster.core import routing
-from labeling_dagster.core.autolabel import accept
 from labeling_dagster.core.calibration import Calibrator, calibrate_tier, reliability_markdown
 from labeling_dagster.core.certify import Certificate
 from labeling_dagster.core.gate import GoldenPath, TierAnswers, certify_golden_path
@@ -95,7 +95,7 @@ def _auto_accepted(conn, spec: Project, window: dg.TimeWindow, items: list[Item]
     if not spec.auto_label.enabled:
         return set(), None
     labeler, facts = month_auto_labeler(conn, spec, window.start)
-    taken = {answer.item_id for answer in accept(labeler.model, labeler.choice.threshold, items).accepted}
+    _, taken, _ = auto_accepts(labeler, items, spec)
     choice = labeler.choice
     probabilities = labeler.model.predict_proba([item.text for item in items])
     reference = {"signal": [round(float(p), 6) for p in probabilities.max(axis=1)],
@@ -129,6 +129,20 @@ def _certificate_rows(spec: Project, month_start, path: GoldenPath, versions: di
         row.update(month=naive_utc(month_start), gate=quality.gate, audit_share=quality.audit_share, drift=None,
                    recheck=False)
     return rows
+
+
+def _unless_budget_stopped(path: GoldenPath, results: dict, spec: Project) -> GoldenPath:
+    """A golden run the budget stopped leaves items unanswered, which then go up a tier as if the tier
+    had failed on them: the later tiers' calibration items are no longer the production route's. The
+    tier the budget stopped and every tier after it are not certified that month."""
+    stopped = None
+    for role, stage in path.stages.items():
+        stopped = stopped or (role if results[role].budget_stopped else None)
+        if stopped:
+            why = (f"the golden run's budget (quality.max_usd, or the month's budget) stopped the {stopped} tier before "
+                   f"every golden item was answered ({results[stopped].budget_stopped} left): raise quality.max_usd")
+            stage.certificate = replace(stage.certificate, threshold=None, accepted=0, correct=0, bound=None, reason=why)
+    return path
 
 
 def stored_certificate(conn, window: dg.TimeWindow, stage: str) -> Certificate | None:
@@ -181,7 +195,25 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 ).fetchone()[0]
                 prior: dict[str, list[PriorAnswer]] = {}
                 results, answers = {}, {}
+                forced = [routing.forced_human(spec.routing, item.text, item.metadata) is not None for item in items]
+                auto_taken, auto_row = _auto_accepted(conn, spec, window, items)
+
+                def golden_path() -> GoldenPath:
+                    return certify_golden_path(
+                        spec, [gold[item.item_id] for item in items], answers,
+                        auto_accepted=[item.item_id in auto_taken for item in items], forced=forced,
+                        item_ids=[item.item_id for item in items],
+                    )
+
                 for tier in spec.tiers:
+                    shown = prior
+                    if tier.role == "adjudication" and "qa" in answers:
+                        # as in production: QA's answer is shown only to items that went through QA
+                        went = golden_path().stages["qa"].reached
+                        qa_name = spec.tier("qa").name
+                        shown = {item.item_id: [p for p in prior.get(item.item_id, []) if p.tier != qa_name or went[n]]
+                                 for n, item in enumerate(items)}
+
                     if tier.provider != "local":
                         providers[tier.provider].check_ready(tier)
                     price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
@@ -191,7 +223,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                     result = run_tier(
                         providers[tier.provider], tier=tier, taxonomy=spec.taxonomy, items=items, cache=cache,
                         price=price, budget=Budget(monthly_usd=max(left, 0.0)), spent_before=0.0,
-                        prior=prior if tier.role != "first_pass" else None,
+                        prior=shown if tier.role != "first_pass" else None,
                     )
                     spent += result.usd_paid
                     if before is not None:
@@ -210,13 +242,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                         if answer:
                             prior.setdefault(item.item_id, []).append(
                                 PriorAnswer(tier.name, answer.label, answer.confidence, answer.reason))
-                forced = [routing.forced_human(spec.routing, item.text, item.metadata) is not None for item in items]
-                auto_taken, auto_row = _auto_accepted(conn, spec, window, items)
-                path = certify_golden_path(
-                    spec, [gold[item.item_id] for item in items], answers,
-                    auto_accepted=[item.item_id in auto_taken for item in items], forced=forced,
-                    item_ids=[item.item_id for item in items],
-                )
+                path = _unless_budget_stopped(golden_path(), results, spec)
                 certificates += _certificate_rows(spec, window.start, path,
                                                   {role: r.version for role, r in results.items()}, auto_row)
                 for tier in spec.tiers:

@@ -29,7 +29,7 @@ MODEL_GROUP = "models"
 # Part of every version: bump it when training changes in a way the rows and settings do not show.
 TRAINING_SCHEME = 2  # 2: the fixed-sequence threshold and the novelty floor
 # build_auto_labeler's settings that the project file does not set, pinned so the version covers them.
-FIXED_SETTINGS = {"min_count": 50, "level": 0.95, "folds": 5, "seed": 0,
+FIXED_SETTINGS = {"min_count": 50, "folds": 5, "seed": 0,
                   "novelty_quantile": autolabel.NOVELTY_QUANTILE}
 
 HUMAN_LABELS = """
@@ -64,7 +64,9 @@ def training_set(conn, project: Project, before: datetime | None = None) -> pd.D
 
 def labeler_settings(project: Project) -> dict:
     settings = project.auto_label
-    return {"scheme": TRAINING_SCHEME, "features": settings.features, "target_accuracy": settings.target_accuracy,
+    return {"scheme": TRAINING_SCHEME, "features": settings.features,
+            "target_accuracy": settings.target_accuracy or project.quality.target_accuracy,
+            "level": 1 - project.quality.delta,  # the certificate's confidence, as every other stage's
             "min_training_size": settings.min_training_size, "C": autolabel.DEFAULT_C,
             "embedding_weight": autolabel.EMBEDDING_WEIGHT, **FIXED_SETTINGS}
 
@@ -107,7 +109,7 @@ def ensure_auto_labeler(conn, project: Project, data: pd.DataFrame) -> tuple[Aut
     labeler = build_auto_labeler(
         data["text"].tolist(), data["label"].tolist(), features=settings["features"],
         target_accuracy=settings["target_accuracy"], held_out=data["held_out"].tolist(),
-        min_training_size=settings["min_training_size"], **FIXED_SETTINGS,
+        min_training_size=settings["min_training_size"], level=settings["level"], **FIXED_SETTINGS,
     )
     labeler.model.version = version  # one version everywhere: label_models, auto_labels rows, accept reasons
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,25 @@ def month_auto_labeler(conn, project: Project, month_start: datetime) -> tuple[A
     return ensure_auto_labeler(conn, project, training_set(conn, project, before=month_start))
 
 
+def auto_accepts(labeler: AutoLabeler, items: list, spec: Project, probabilities=None):
+    """What the auto-labeler accepts of `items`, as production and the golden path both ask it: its
+    certified threshold and novelty floor (core.autolabel.accept), minus the items a rule reserves for
+    people (always_human_when: the first pass gives them a candidate label and routes them there) and
+    the answers whose label always goes to people (always_human_labels). Returns accept()'s result,
+    item id -> accepted answer, and item id -> why an item the model was sure of was passed on."""
+    result = accept(labeler.model, labeler.choice.threshold, items, probabilities)
+    taken = {answer.item_id: answer for answer in result.accepted}
+    passed_on = {item.item_id: why for item in items
+                 if (why := routing.forced_human(spec.routing, item.text, item.metadata))}
+    for answer in result.accepted:
+        if answer.label in spec.routing.always_human_labels:
+            passed_on.setdefault(answer.item_id, f"label {answer.label} always goes to people: the first pass gives "
+                                                 "a candidate and routes it there")
+    for item_id in passed_on:
+        taken.pop(item_id, None)
+    return result, taken, passed_on
+
+
 def _not_taken(labeler: AutoLabeler, result, item_id: str) -> str:
     """Why the auto-labeler passed an item on to the first pass."""
     novel = result.novel.get(item_id)
@@ -146,7 +167,8 @@ def build_label_model() -> dg.AssetsDefinition:
     def label_model(context: dg.AssetExecutionContext, project: ProjectResource, warehouse: Warehouse) -> dg.MaterializeResult:
         """The newest auto-labeler: trained (cross-fitted) on the seed set and every human-verified label
         to date, which is the model of the next month to label, with the acceptance threshold chosen on
-        held-out human labels so the accepted items meet auto_label.target_accuracy (a 95% lower bound,
+        held-out human labels so the accepted items meet auto_label.target_accuracy (default
+        quality.target_accuracy) with probability 1 - quality.delta (a lower bound,
         not a raw probability), the coverage it gives, and its validation curve. Versioned by a hash of
         its training rows and settings; a version already stored is reused, not trained again
         (`trained: false`). Stored under <project>/.models/ and listed in `label_models`, the registry
@@ -197,6 +219,15 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
             for month, window in months_in(context.partition_time_window):
                 labeler, facts = month_auto_labeler(conn, spec, window.start)
                 versions[month] = facts
+                certified = conn.execute("SELECT prompt_version FROM certificates WHERE month = ? AND stage = 'auto_label'",
+                                         [naive_utc(window.start)]).fetchone()
+                if certified and certified[0] != facts["version"]:
+                    # the tiers' certificates were measured on what this model's predecessor left them
+                    raise dg.Failure(
+                        f"{month}: the month's certificates were measured with auto-labeler {certified[0]}, but its "
+                        f"auto-labeler is now {facts['version']} (reviews of earlier months came in since). "
+                        "Materialize golden_labels (with certificates) for the month again first; stored calls are "
+                        "reused.", allow_retries=False)
                 context.log.info(f"{month}: label model {facts['version']} "
                                  f"({'trained now' if facts['trained'] else 'stored, reused'}) on {facts['human_labels']} labels")
                 gate = routing.StageGate("auto_label", "certified", None, spec.quality.audit_share,
@@ -205,16 +236,9 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                 for page in iter_window(conn, "raw_items", window):
                     items = items_from(page)
                     probabilities = labeler.model.predict_proba([item.text for item in items])
-                    result = accept(labeler.model, labeler.choice.threshold, items, probabilities)
+                    result, taken, passed_on = auto_accepts(labeler, items, spec, probabilities)
                     seen[0].extend(float(p) for p in probabilities.max(axis=1))
                     seen[1].extend(labeler.model.classes[k] for k in probabilities.argmax(axis=1))
-                    taken = {answer.item_id: answer for answer in result.accepted}
-                    # an always_human_when rule sends the item to people whatever a model says: the first
-                    # pass gives it a candidate label and routes it there
-                    forced = {item.item_id: why for item in items
-                              if (why := routing.forced_human(spec.routing, item.text, item.metadata))}
-                    for item_id in forced:
-                        taken.pop(item_id, None)
                     for item in items:
                         answer = taken.get(item.item_id)
                         route = gate.accept(item.item_id, answer.label, "auto-labeled") if answer else None
@@ -230,7 +254,7 @@ def build_auto_labels(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
                             "reused": False,
                             "next_step": route.next_step if route else "first_pass",
                             "audited": bool(route and route.audited),
-                            "route_reason": route.reason if route else forced.get(item.item_id) or _not_taken(
+                            "route_reason": route.reason if route else passed_on.get(item.item_id) or _not_taken(
                                 labeler, result, item.item_id),
                         })
                     items_total += len(items)

@@ -112,21 +112,23 @@ def certify_golden_path(
     """Send the golden sample down the cascade and certify each stage on the items that reach it.
     `answers`: role -> the tier's answers (QA shown the first pass, adjudication both, as in
     production); `auto_accepted`: the month's auto-labeler accepts the item; `forced`: an
-    always_human_when rule sends it to people."""
+    always_human_when rule sends it to people. Roles are certified in cascade order as far as
+    `answers` goes: the golden run certifies the first pass and QA before it asks adjudication,
+    whose prompts show QA's answer only for the items that went through QA (`Stage.reached`)."""
     n = len(gold)
     quality = project.quality
-    has = {role: role in answers for role in ROLES}
+    has = {role: project.tier(role) is not None for role in ROLES}
     path = GoldenPath(outcome=["human"] * n)
     step = ["first_pass"] * n
     for i in range(n):
-        if auto_accepted[i]:
-            step[i], path.outcome[i] = "done", "auto_label"
-        elif forced[i]:
+        if forced[i]:  # a rule reserves it for people, whatever the auto-labeler says (as auto_labels does)
             step[i] = "done"
+        elif auto_accepted[i]:
+            step[i], path.outcome[i] = "done", "auto_label"
     earlier: dict[str, list[str | None]] = {}
     for role in ROLES:
-        if not has[role]:
-            continue
+        if role not in answers:  # not labeled yet (the golden run certifies as it goes) or no such tier
+            break
         tier_answers = answers[role]
         tier = tier_answers.tier
         labels = list(tier_answers.label)
@@ -135,7 +137,8 @@ def certify_golden_path(
         reached = np.array([s == role for s in step], dtype=bool)
         calibrator = _calibrate(project, tier, raw, right, reached)
         calibrated = [None if r is None else (calibrator.apply_one(r) if calibrator else float(r)) for r in raw]
-        signal = [signal_of(tier, labels[i], raw[i], [prior[i] for prior in earlier.values()]) for i in range(n)]
+        signal = [signal_of(tier, labels[i], raw[i], [earlier[r][i] for r in earlier if path.stages[r].reached[i]])
+                  for i in range(n)]  # only the tiers the item went through, as its production row shows
         eligible = _eligible(role, project, labels, calibrated, earlier.get("first_pass"))
         index = np.flatnonzero(reached)
         certificate = certify(

@@ -213,7 +213,7 @@ def create(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, e
 
 def fingerprint(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: str, earlier_tables: list[str]) -> str:
     """What the shard's labels depend on in the warehouse: its items, their earlier tiers' answers and
-    the month's certificates.
+    the month's certificates and calibrators.
     The collect step compares it with the plan's, so a re-execution never merges labels of inputs that
     changed in between (e.g. the first pass rematerialized before a failed QA run is re-executed)."""
     window = [naive_utc(spec.start), naive_utc(spec.end)]
@@ -224,8 +224,11 @@ def fingerprint(conn: duckdb.DuckDBPyConnection, spec: ShardSpec, *, todo_sql: s
         parts.append(conn.execute(
             f"SELECT COUNT(*), COALESCE(bit_xor(hash(item_id, tier, label, raw_confidence, reason, next_step)), 0) "
             f"FROM {table} WHERE month >= ? AND month < ? AND {spec.in_range()}", window).fetchone())
-    parts.append(conn.execute(  # the thresholds the shard routes by
+    parts.append(conn.execute(  # the thresholds and calibrators the shard routes by
         "SELECT COUNT(*), COALESCE(bit_xor(hash(stage, threshold, passed, gate)), 0) FROM certificates "
+        "WHERE month >= ? AND month < ?", window).fetchone())
+    parts.append(conn.execute(
+        "SELECT COUNT(*), COALESCE(bit_xor(hash(tier, prompt_version, version)), 0) FROM calibrations "
         "WHERE month >= ? AND month < ?", window).fetchone())
     return ";".join(f"{count}:{digest}" for count, digest in parts)
 
