@@ -147,6 +147,18 @@ def test_budget_mode_buys_the_best_accuracy_it_can() -> None:
     assert broke.reason.startswith("No bands fit $50.00 a month: the cheapest cost $0.000100 per item")
 
 
+def test_the_months_bill_counts_only_the_items_that_reach_the_tiers() -> None:
+    # 21 golden items reach the tiers and 21 more are settled by the auto-labeler: half a month's
+    # items reach a paid tier, so the month's bill is the per-item cost times half the month.
+    frame = known_golden_set()
+    auto = frame.assign(item_id=frame["item_id"] + "-auto", auto_accepted=True)
+    golden = GoldenAnswers.from_frame(pd.concat([frame.assign(auto_accepted=False), auto], ignore_index=True))
+    assert len(golden) == 21 and golden.auto_accepted_items == 21
+    chosen = recommend_bands(golden, COSTS, target_accuracy=1.0, items_per_month=1_000_000).outcome
+    assert chosen.items_per_month == 500_000
+    assert chosen.usd_per_month == pytest.approx(KNOWN_USD * 500_000)
+
+
 def test_arguments_are_checked() -> None:
     golden = GoldenAnswers.from_frame(known_golden_set())
     with pytest.raises(ValueError, match="exactly one of target_accuracy"):

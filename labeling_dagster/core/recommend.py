@@ -838,9 +838,10 @@ class Recommendation:
         """What the recommended bands do: held out first (what a new month can expect), then in-sample,
         then what each stage may accept."""
         chosen = self.outcome
+        reaching = " that reach the tiers (the auto-labeler settles the rest)" if self.auto_accepted_items else ""
         month = (
-            f", ${chosen.usd_per_month:,.2f} a month for {chosen.items_per_month:,} items" if chosen.items_per_month
-            else ""
+            f", ${chosen.usd_per_month:,.2f} a month for {chosen.items_per_month:,} items{reaching}"
+            if chosen.items_per_month else ""
         )
         return [
             self.held_out.describe() if self.held_out is not None else f"held out: none ({self.held_out_note})",
@@ -944,6 +945,10 @@ def recommend_bands(
     if not 0 <= human_accuracy <= 1 or not 0 <= max_human_share <= 1:
         raise ValueError("human_accuracy and max_human_share must be between 0 and 1")
     _check_inputs(golden, costs)
+    if items_per_month and golden.auto_accepted_items:
+        # the auto-labeler settles its share of the month (locally, for nothing) before any band sees it:
+        # the month's bill is for the items that reach the tiers, in the golden sample's proportion
+        items_per_month = round(items_per_month * len(golden) / (len(golden) + golden.auto_accepted_items))
     routing = routing or (project.routing if project is not None else Routing())
     certified = project is not None and project.quality.gate == "certified"
     if certified:
