@@ -168,10 +168,14 @@ def certify(
     if chosen is None:
         if last_failed is not None:
             threshold, total, hits, bound = last_failed
+            remedy = (
+                "more calibration items that reach this stage would tighten the bound" if hits / total >= target
+                else "even its surest answers miss the target there: a better model or confidence signal is needed"
+            )
             reason = (
                 f"the strictest testable threshold ({signal} >= {threshold:g}) accepts {total} of {n} calibration "
                 f"items at {hits / total:.1%}, lower bound {bound:.1%} < target {target:.1%} (delta {delta:g}); "
-                "more calibration items that reach this stage, or a better signal, are needed"
+                f"{remedy}"
             )
             return Certificate(threshold=None, accepted=0, correct=0, bound=bound, reason=reason, **common)
         reason = (
