@@ -280,3 +280,21 @@ def test_the_auto_labeler_never_accepts_a_label_reserved_for_people():
     sure_of_card_lost = [a.item_id for a in result.accepted if a.label == "card_lost"]
     assert sure_of_card_lost and not any(answer.label == "card_lost" for answer in taken.values())
     assert all(passed_on[item].startswith("label card_lost always goes to people") for item in sure_of_card_lost)
+
+
+def test_a_project_without_qa_certifies_its_adjudication():
+    project = Project.model_validate({
+        "name": "sim", "taxonomy": {"labels": [{"name": n} for n in ("a", "b")]},
+        "source": {"path": "x/{month}.csv", "start_month": "2026-01"},
+        "tiers": [{"name": "fp", "role": "first_pass", "provider": "openai", "model": "gpt-5-nano"},
+                  {"name": "adj", "role": "adjudication", "provider": "openai", "model": "gpt-5.2"}],
+        "routing": {"accept_at": 0.9, "qa_at": 0.6, "adjudicate_at": 0.1, "adjudication_accept_at": 0.0},
+        "budget": {"monthly_usd": 1}, "quality": {"calibration": "none"},
+    })
+    n = 100
+    answers = {"first_pass": TierAnswers(project.tiers[0], ["b"] * n, [0.3] * n),
+               "adjudication": TierAnswers(project.tiers[1], ["a"] * n, [0.99] * n)}
+    path = certify_golden_path(project, ["a"] * n, answers, auto_accepted=[False] * n, forced=[False] * n,
+                               item_ids=[f"g{i}" for i in range(n)])
+    assert set(path.stages) == {"first_pass", "adjudication"} and path.stages["adjudication"].reached.all()
+    assert path.stages["adjudication"].certificate.passed and set(path.outcome) == {"adjudication"}

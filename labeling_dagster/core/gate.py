@@ -127,7 +127,9 @@ def certify_golden_path(
             step[i], path.outcome[i] = "done", "auto_label"
     earlier: dict[str, list[str | None]] = {}
     for role in ROLES:
-        if role not in answers:  # not labeled yet (the golden run certifies as it goes) or no such tier
+        if not has[role]:
+            continue
+        if role not in answers:  # not labeled yet: the golden run certifies as it goes
             break
         tier_answers = answers[role]
         tier = tier_answers.tier
