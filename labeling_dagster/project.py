@@ -162,8 +162,14 @@ class TierConfig(_Strict):
 
     @model_validator(mode="after")
     def _signal_fits_role(self) -> TierConfig:
-        if self.confidence.signal == "agreement" and self.role == "first_pass":
+        signal = self.confidence.signal
+        if signal == "agreement" and self.role == "first_pass":
             raise ValueError(f"tier {self.name}: confidence.signal agreement needs earlier tiers; a first pass has none")
+        if self.provider == "local" and signal not in ("default", "agreement"):
+            raise ValueError(f"tier {self.name}: confidence.signal {signal} on a local model, which gives the same "
+                             "answer every time and has no logprobs: use default (its probability) or agreement")
+        if self.provider == "anthropic" and signal == "logprobs":
+            raise ValueError(f"tier {self.name}: Anthropic returns no logprobs; use self_consistency, agreement or stated")
         return self
 
 

@@ -236,11 +236,15 @@ def test_an_anthropic_temperature_is_sent_although_the_sdk_has_no_argument_for_i
 
 def test_a_local_tier_refuses_every_signal_but_its_probability(tmp_path: Path) -> None:
     project = write_tiny_project(tmp_path / "tiny")
-    local = TierConfig(name="first_pass", role="first_pass", provider="local", model="words",
-                       confidence=Confidence(signal="self_consistency"))
     with pytest.raises(ValueError, match="self_consistency on a local model, which gives the same answer every time"):
-        label(LocalModelProvider(project_file=str(project)), tmp_path / "w.duckdb", local)
-    LocalModelProvider(project_file=str(project)).check_ready(local.model_copy(update={"confidence": Confidence()}))
+        TierConfig(name="first_pass", role="first_pass", provider="local", model="words",
+                   confidence=Confidence(signal="self_consistency"))  # the project file is refused at load
+    local = TierConfig(name="first_pass", role="first_pass", provider="local", model="words")
+    LocalModelProvider(project_file=str(project)).check_ready(local)
+    # and the provider refuses it too, should a tier reach it unvalidated (model_copy does not validate)
+    unchecked = local.model_copy(update={"confidence": Confidence(signal="self_consistency")})
+    with pytest.raises(ValueError, match="self_consistency on a local model, which gives the same answer every time"):
+        label(LocalModelProvider(project_file=str(project)), tmp_path / "w.duckdb", unchecked)
 
 
 # --- logprobs and stated -----------------------------------------------------------
@@ -271,8 +275,11 @@ def test_answers_without_logprobs_fail_and_so_does_the_check(tmp_path: Path) -> 
 
 
 def test_anthropic_refuses_logprobs_before_any_call(tmp_path: Path) -> None:
-    with FakeLLMServer() as server:
-        t = tier("anthropic", server.anthropic_base_url, signal="logprobs")
+    with pytest.raises(ValueError, match="Anthropic returns no logprobs"):  # at load
+        tier("anthropic", "http://127.0.0.1:9", signal="logprobs")
+    with FakeLLMServer() as server:  # and before any call, should a tier reach it unvalidated
+        t = tier("anthropic", server.anthropic_base_url)
+        t = t.model_copy(update={"confidence": t.confidence.model_copy(update={"signal": "logprobs"})})
         with pytest.raises(ProviderConfigError, match="Anthropic returns no token logprobs"):
             label(AnthropicProvider(), tmp_path / "w.duckdb", t)
         assert server.requests == []
