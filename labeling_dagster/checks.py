@@ -188,6 +188,7 @@ def confidence_signal_present(conn, window: dg.TimeWindow, table: str) -> dg.Ass
     (missing,) = conn.execute(f"SELECT COUNT(*) {missing_sql}", params).fetchone()
     examples = conn.execute(f"SELECT item_id {missing_sql} ORDER BY item_id LIMIT 5", params).fetchall()
     return dg.AssetCheckResult(
+        asset_key=table,  # the table is the asset's own (a model tier's, or golden_labels)
         check_name=CONFIDENCE_SIGNAL,
         passed=missing == 0,
         metadata={"missing_logprobs": missing, "examples": ", ".join(item for (item,) in examples) or "none"},

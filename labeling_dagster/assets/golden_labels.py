@@ -9,6 +9,7 @@ from dataclasses import replace
 import dagster as dg
 import pandas as pd
 
+from labeling_dagster import checks
 from labeling_dagster.assets.common import GROUP, WAREHOUSE_POOL, WRITER_TAG, markdown_table, months_in
 from labeling_dagster.assets.label_model import auto_accepts, month_auto_labeler
 from labeling_dagster.core import routing
@@ -167,7 +168,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                          description=CERTIFICATES_DOC, group_name=GROUP),
         ],
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(), pool=WAREHOUSE_POOL,
-        op_tags={WRITER_TAG: "1"}, name="golden_labels",
+        op_tags={WRITER_TAG: "1"}, name="golden_labels", check_specs=[checks.confidence_signal_spec("golden_labels")],
     )
     def golden_labels(
         context: dg.AssetExecutionContext,
@@ -288,6 +289,8 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             replace_window(conn, "golden_labels", frame, context.partition_time_window)
             replace_window(conn, "calibrations", pd.DataFrame(calibrations), context.partition_time_window)
             replace_window(conn, "certificates", pd.DataFrame(certificates), context.partition_time_window)
+            # a golden answer without the logprobs its tier requires shrinks the calibration set: say so
+            signal_check = checks.confidence_signal_present(conn, context.partition_time_window, "golden_labels")
         scored = frame[frame["correct"].notna()] if len(frame) else frame
         accuracy = scored.assign(correct=scored["correct"].astype(float)).groupby("tier")["correct"].mean().round(4).to_dict() if len(scored) else {}
         yield dg.MaterializeResult(
@@ -304,6 +307,7 @@ def build(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             },
         )
         yield dg.MaterializeResult(asset_key="certificates", metadata=certificate_metadata(certificates, spec))
+        yield signal_check
 
     return golden_labels
 
