@@ -29,7 +29,7 @@ MODEL_GROUP = "models"
 # Part of every version: bump it when training changes in a way the rows and settings do not show.
 TRAINING_SCHEME = 2  # 2: the fixed-sequence threshold and the novelty floor
 # build_auto_labeler's settings that the project file does not set, pinned so the version covers them.
-FIXED_SETTINGS = {"min_count": 50, "folds": 5, "seed": 0,
+FIXED_SETTINGS = {"min_count": autolabel.MIN_COUNT, "folds": 5, "seed": 0,
                   "novelty_quantile": autolabel.NOVELTY_QUANTILE}
 
 HUMAN_LABELS = """
