@@ -265,6 +265,10 @@ class AutoLabel(_Strict):
         default=None, gt=0, le=1, description="the auto-labeler's own target; default quality.target_accuracy"
     )
     min_training_size: int = Field(default=1000, ge=1)
+    min_count: int = Field(
+        default=100, ge=1,
+        description="fewest held-out labels a threshold must accept to be tested (the fixed sequence starts there)",
+    )
     include_agreed_model_labels: bool = Field(
         default=False, description="also train on items QA settled by agreeing with the first pass"
     )

@@ -27,7 +27,7 @@ def run(project: Path, warehouse: Path, *args: str, month: str = "2026-08"):
 
 
 def test_auto_labels_take_what_they_are_sure_of(tiny_project: Path, tmp_path: Path) -> None:
-    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50}\n")
+    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50, min_count: 50}\n")
     warehouse = tmp_path / "w.duckdb"
     run(tiny_project, warehouse)
     model = table(warehouse, "SELECT training_size, held_out, threshold, reason FROM label_models")
@@ -65,7 +65,7 @@ def test_review_budget_goes_to_required_then_active_choices(tiny_project: Path, 
         "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120}",
         "human_review: {hourly_rate_usd: 30, reviews_per_hour: 120, monthly_review_budget: 3, random_share: 0}"))
     # A target no threshold can prove: the model accepts nothing but still ranks the queue.
-    configure(tiny_project, "auto_label: {enabled: true, min_training_size: 50, target_accuracy: 0.999}\n")
+    configure(tiny_project, "auto_label: {enabled: true, min_training_size: 50, min_count: 50, target_accuracy: 0.999}\n")
     warehouse = tmp_path / "w.duckdb"
     run(tiny_project, warehouse)
     queued = table(warehouse, "SELECT COUNT(*) FROM review_queue")[0][0]
@@ -112,7 +112,7 @@ def test_a_month_is_labeled_by_the_model_of_what_was_known_before_it(tiny_projec
         with open(tiny_project / "inbox" / f"{month}.csv", "a", encoding="utf-8") as handle:
             for label, text in zip(("billing", "cancellation", "card_lost"), texts):
                 handle.write(f"{month}-{label}-7,{text},email,standard\n")
-    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50}\n")
+    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50, min_count: 50}\n")
     warehouse = tmp_path / "w.duckdb"
     run(tiny_project, warehouse)
     august = table(warehouse, AUTO_LABELS.format("2026-08-01"))
@@ -144,7 +144,7 @@ def test_a_month_is_labeled_by_the_model_of_what_was_known_before_it(tiny_projec
 
 
 def test_an_unchanged_rerun_trains_nothing(tiny_project: Path, tmp_path: Path) -> None:
-    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50}\n")
+    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50, min_count: 50}\n")
     warehouse = tmp_path / "w.duckdb"
     first = train_label_model(str(tiny_project), str(warehouse))
     assert first.success and first.asset_materializations_for_node("label_model")[0].metadata["trained"].value is True

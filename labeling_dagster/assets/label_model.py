@@ -29,7 +29,7 @@ MODEL_GROUP = "models"
 # Part of every version: bump it when training changes in a way the rows and settings do not show.
 TRAINING_SCHEME = 2  # 2: the fixed-sequence threshold and the novelty floor
 # build_auto_labeler's settings that the project file does not set, pinned so the version covers them.
-FIXED_SETTINGS = {"min_count": autolabel.MIN_COUNT, "folds": 5, "seed": 0,
+FIXED_SETTINGS = {"folds": 5, "seed": 0,
                   "novelty_quantile": autolabel.NOVELTY_QUANTILE}
 
 HUMAN_LABELS = """
@@ -67,7 +67,7 @@ def labeler_settings(project: Project) -> dict:
     return {"scheme": TRAINING_SCHEME, "features": settings.features,
             "target_accuracy": settings.target_accuracy or project.quality.target_accuracy,
             "level": 1 - project.quality.delta,  # the certificate's confidence, as every other stage's
-            "min_training_size": settings.min_training_size, "C": autolabel.DEFAULT_C,
+            "min_training_size": settings.min_training_size, "min_count": settings.min_count, "C": autolabel.DEFAULT_C,
             "embedding_weight": autolabel.EMBEDDING_WEIGHT, **FIXED_SETTINGS}
 
 
@@ -109,7 +109,8 @@ def ensure_auto_labeler(conn, project: Project, data: pd.DataFrame) -> tuple[Aut
     labeler = build_auto_labeler(
         data["text"].tolist(), data["label"].tolist(), features=settings["features"],
         target_accuracy=settings["target_accuracy"], held_out=data["held_out"].tolist(),
-        min_training_size=settings["min_training_size"], level=settings["level"], **FIXED_SETTINGS,
+        min_training_size=settings["min_training_size"], min_count=settings["min_count"], level=settings["level"],
+        **FIXED_SETTINGS,
     )
     labeler.model.version = version  # one version everywhere: label_models, auto_labels rows, accept reasons
     path.parent.mkdir(parents=True, exist_ok=True)
