@@ -165,3 +165,25 @@ def test_an_unchanged_rerun_trains_nothing(tiny_project: Path, tmp_path: Path) -
     assert train_label_model(str(tiny_project), str(warehouse)).asset_materializations_for_node(
         "label_model")[0].metadata["trained"].value is True
     assert len(table(warehouse, "SELECT * FROM label_models")) == 2
+
+
+def test_auto_labels_refuse_certificates_measured_with_another_auto_labeler(tiny_project: Path, tmp_path: Path) -> None:
+    """A rerun after something changed: reviews of earlier months came in after the golden run, so the
+    month's auto-labeler is no longer the one its certificates sent the golden items past."""
+    import dagster as dg
+
+    from labeling_dagster.definitions import build_definitions
+    from labeling_dagster.resources.warehouse import connect
+
+    configure(tiny_project, "auto_label: {enabled: true, target_accuracy: 0.9, min_training_size: 50, min_count: 50}\n")
+    warehouse = tmp_path / "w.duckdb"
+    run(tiny_project, warehouse)
+    with connect(warehouse) as conn:  # as if the certificates were measured with an earlier model
+        conn.execute("UPDATE certificates SET prompt_version = 'autolabel-earlier' WHERE stage = 'auto_label'")
+    job = build_definitions(tiny_project, warehouse).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), partition_key="2026-08-01",
+                                    asset_selection=[dg.AssetKey("auto_labels")], raise_on_error=False)
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "measured with auto-labeler autolabel-earlier" in message and "Materialize golden_labels" in message

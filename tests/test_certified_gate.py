@@ -143,6 +143,12 @@ def test_a_month_that_drifted_from_its_calibration_data_is_rechecked(tmp_path: P
     window = dg.TimeWindow(datetime(2026, 3, 1), datetime(2026, 4, 1))
     with connect(path) as conn:
         found = recheck(conn, project, "first_pass", "first_pass_labels", window)
+        once = conn.execute("SELECT * FROM first_pass_labels ORDER BY item_id").fetchall()
+        stored_once = conn.execute("SELECT drift FROM certificates").fetchone()[0]
+        # a collect step re-executed after its recheck committed (a crash before the step ended): the same state
+        recheck(conn, project, "first_pass", "first_pass_labels", window)
+        assert conn.execute("SELECT * FROM first_pass_labels ORDER BY item_id").fetchall() == once
+        assert conn.execute("SELECT drift FROM certificates").fetchone()[0] == stored_once
         audited = conn.execute("SELECT item_id, route_reason FROM first_pass_labels WHERE audited").fetchall()
         recheck_flag, share, stored = conn.execute(
             "SELECT recheck, audit_share, drift FROM certificates WHERE stage = 'first_pass'").fetchone()

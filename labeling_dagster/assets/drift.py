@@ -37,16 +37,18 @@ def recheck(conn, spec: Project, stage: str, table: str, window: dg.TimeWindow,
         return None
     reference = json.loads(row[0])
     rows = conn.execute(
-        f"SELECT item_id, label, signal, next_step FROM {table} WHERE month = ? AND label IS NOT NULL", [month]).df()
+        f"SELECT item_id, label, signal, next_step, COALESCE(audited, FALSE) AS audited FROM {table} "
+        "WHERE month = ? AND label IS NOT NULL", [month]).df()
     signal, labels = month_items or (rows["signal"].astype(float).tolist(), rows["label"].tolist())
     found = drift(signal, reference["signal"], labels, reference["labels"],
                   alpha=spec.quality.shift_alpha, min_items=spec.quality.min_certify_items)
     share = spec.quality.recheck_audit_share if found.shifted else spec.quality.audit_share
     gate = StageGate(stage, audit_share=share)
-    sample = rows["item_id"].map(gate.audits) & rows["next_step"].isin(["accept", "human"])
+    accepted = (rows["next_step"] == "accept") | rows["audited"]  # what the stage accepted, audited or not
+    sample = rows["item_id"].map(gate.audits) & accepted
     taken = rows[(rows["next_step"] == "accept") & sample]
     held = rows[(rows["next_step"] == "accept") & ~sample]
-    confirmed = _recheck_answered(conn, spec, table, month, rows[sample]) if found.shifted else None
+    confirmed = _recheck_answered(conn, spec, month, rows[sample]) if found.shifted else None
     with transaction(conn):
         if found.shifted and len(taken):
             _set(conn, table, month, taken, "human", True,
@@ -57,10 +59,12 @@ def recheck(conn, spec: Project, stage: str, table: str, window: dg.TimeWindow,
             _set(conn, table, month, held, up, False,
                  f"'held: {stage} accepted ' || label || ' but its month drifted from its calibration data; it "
                  f"accepts again once its recheck audit is answered (then run the month again); goes to {up}'")
+        (held_now,) = conn.execute(  # counted in the table, so a collect step run again reports the same
+            f"SELECT COUNT(*) FROM {table} WHERE month = ? AND starts_with(route_reason, 'held: ')", [month]).fetchone()
         conn.execute(
             "UPDATE certificates SET drift = ?, recheck = ?, audit_share = ? WHERE month = ? AND stage = ?",
-            [json.dumps({**found.as_dict(), "held": int(found.shifted and not confirmed) * len(held),
-                         "recheck_confirmed": confirmed}), found.shifted, share, month, stage])
+            [json.dumps({**found.as_dict(), "held": held_now, "recheck_confirmed": confirmed}), found.shifted, share,
+             month, stage])
     return found
 
 
@@ -71,7 +75,7 @@ def upward(spec: Project, stage: str) -> str:
     return next((role for role in later if spec.tier(role) is not None), "human")
 
 
-def _recheck_answered(conn, spec: Project, table: str, month, sample: pd.DataFrame) -> bool:
+def _recheck_answered(conn, spec: Project, month, sample: pd.DataFrame) -> bool:
     """Whether people's settled answers on the recheck sample confirm the stage this month: at least
     quality.min_certify_items of them, right at the target or better."""
     chosen = sample[["item_id", "label"]]  # noqa: F841 (read by name in the SQL below)
