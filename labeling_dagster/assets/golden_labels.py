@@ -90,15 +90,15 @@ def _provider_counts(provider, tier) -> dict[str, int] | None:
     return {name: getattr(stats, name) for name in GOLDEN_STATS}
 
 
-def _auto_accepted(conn, spec: Project, window: dg.TimeWindow, items: list[Item]) -> tuple[set[str], dict | None]:
+def _auto_accepted(conn, spec: Project, window: dg.TimeWindow, items: list[Item]) -> tuple[dict | set, dict | None]:
     """The golden items the month's auto-labeler accepts (they never reach the first pass), and its
     certificate row: the fixed-sequence threshold chosen on its out-of-fold held-out labels."""
     if not spec.auto_label.enabled:
         return set(), None
     labeler, facts = month_auto_labeler(conn, spec, window.start)
-    _, taken, _ = auto_accepts(labeler, items, spec)
+    probabilities = labeler.model.predict_proba([item.text for item in items])  # once: accepts and the reference
+    _, taken, _ = auto_accepts(labeler, items, spec, probabilities)
     choice = labeler.choice
-    probabilities = labeler.model.predict_proba([item.text for item in items])
     reference = {"signal": [round(float(p), 6) for p in probabilities.max(axis=1)],
                  "labels": [labeler.model.classes[k] for k in probabilities.argmax(axis=1)]}
     row = {

@@ -265,6 +265,7 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
         ensure_tables(conn)  # a file an earlier version planned gets the tables added since
         conn.execute(f"DELETE FROM {stage.asset}")
         price = None if tier.provider == "local" else spec.price_catalog.price(tier.model)
+        gate = stage_gate(spec, conn, window, stage.role)  # the month's certificate, the same for every chunk
         for todo, prior, earlier in _todo_chunks(stage, conn, window, shards.page_rows(tier.items_per_request)):
             cache = DuckDBCallCache(conn, window.start, run_id, stage=stage.asset)
             (spent_here,) = conn.execute(made_here, [naive_utc(window.start)]).fetchone()
@@ -277,7 +278,6 @@ def _label_shard(stage: Stage, spec: Project, shard: shards.ShardSpec, providers
             except BudgetExceeded as exc:  # budget.on_exceeded: fail; a retry would fail the same way
                 raise dg.Failure(f"{shard.month} shard {shard.index + 1}/{shard.count}: {exc}", allow_retries=False) from exc
             calibrator = stored_calibrator(conn, window, tier.name, result.version)
-            gate = stage_gate(spec, conn, window, stage.role)
             rows = []
             for item in todo:
                 raw = result.answers.get(item.item_id)

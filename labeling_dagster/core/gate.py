@@ -23,6 +23,7 @@ import numpy as np
 from labeling_dagster.core import routing
 from labeling_dagster.core.calibration import Calibrator, fit_calibrator
 from labeling_dagster.core.certify import Certificate, certify
+from labeling_dagster.core.confidence import agreement
 from labeling_dagster.core.labels import Answer
 from labeling_dagster.project import Project, TierConfig
 
@@ -71,8 +72,6 @@ def signal_of(tier: TierConfig, label: str | None, raw: float | None, earlier: S
     if label is None or raw is None:
         return None
     if tier.confidence.signal == "agreement":
-        from labeling_dagster.core.confidence import agreement
-
         return agreement(label, [e for e in earlier if e is not None])
     return float(raw)
 
