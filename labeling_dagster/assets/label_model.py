@@ -38,7 +38,7 @@ HUMAN_LABELS = """
 """
 AGREED_LABELS = """
     SELECT r.text, q.label FROM qa_labels q JOIN raw_items r USING (month, item_id)
-    WHERE q.next_step = 'accept' AND starts_with(q.route_reason, 'QA agrees with the first pass') {before}
+    WHERE q.next_step = 'accept' AND starts_with(q.route_reason, '{agrees}') {before}
     ORDER BY q.month, q.item_id
 """
 
@@ -56,7 +56,8 @@ def training_set(conn, project: Project, before: datetime | None = None) -> pd.D
     parts.append(conn.execute(HUMAN_LABELS.format(before=where), params).df().assign(held_out=False))
     if project.auto_label.include_agreed_model_labels:
         where = "" if before is None else "AND q.month < $before"
-        parts.append(conn.execute(AGREED_LABELS.format(before=where), params).df().assign(held_out=False))
+        agreed = AGREED_LABELS.format(before=where, agrees=routing.QA_AGREES)
+        parts.append(conn.execute(agreed, params).df().assign(held_out=False))
     every = pd.concat(parts, ignore_index=True)
     every = every[every["label"].isin(project.taxonomy.names) & (every["text"].str.strip() != "")]
     return every.drop_duplicates("text", keep="first").reset_index(drop=True)

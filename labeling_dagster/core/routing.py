@@ -66,9 +66,8 @@ class StageGate:
                     f"{self.certificate.threshold:g}")
         return None
 
-    def audits(self, item_id: str, share: float | None = None) -> bool:
-        share = self.audit_share if share is None else share
-        return share > 0 and bucket(item_id, f"audit:{self.stage}:") < share
+    def audits(self, item_id: str) -> bool:
+        return self.audit_share > 0 and bucket(item_id, f"audit:{self.stage}:") < self.audit_share
 
     def accept(self, item_id: str, label: str, why: str) -> Route:
         """An accepted answer: accepted, or sent to people as the audit sample."""
